@@ -1,0 +1,1 @@
+"""capaug's generative side: data, the Capacity Manipulation diffusion model, training, synthesis, metrics."""

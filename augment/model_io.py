@@ -1,0 +1,87 @@
+"""The folded model folder that `capaug train` writes and `capaug synthesize` / `evaluate` read.
+
+Layout of `RUN/diffusion/model/`:
+  config.json, diffusion_pytorch_model.safetensors   a plain diffusers UNet2DModel (save_pretrained)
+  scheduler/scheduler_config.json                    the training noise schedule (DDPMScheduler)
+  capaug.json                                        what a plain UNet does not know (see `ModelInfo`)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import CapaugError
+from .io import atomic_dir, write_json
+
+FORMAT = "capaug-diffusion/1"
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+@dataclass
+class ModelInfo:
+    """Class names and provenance of a folded model; `null_class` (= K) is the unconditional label."""
+
+    classes: list[str]
+    train_counts: list[int]
+    split_hash: str
+    image_size: int
+    channels: int
+    method: str = "cm"
+    base_loss: str = "ddpm"
+    step: int = 0
+    model_hash: str = ""
+    format: str = FORMAT
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def null_class(self) -> int:
+        return len(self.classes)
+
+
+def file_hash(path: str | Path, length: int = 16) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]
+
+
+def save_diffusion_model(unet, noise_scheduler, info: ModelInfo, folder: str | Path) -> ModelInfo:
+    """Write a plain (already folded) UNet2DModel, its schedule and `capaug.json`, atomically as one folder."""
+    with atomic_dir(folder) as tmp:
+        unet.save_pretrained(tmp, safe_serialization=True)
+        noise_scheduler.save_pretrained(tmp / "scheduler")
+        info.model_hash = file_hash(tmp / WEIGHTS)
+        write_json(tmp / "capaug.json", asdict(info))
+    return info
+
+
+def read_model_info(folder: str | Path) -> ModelInfo:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CapaugError(f"model folder {folder} does not exist; run `capaug train` first or pass --model")
+    meta = folder / "capaug.json"
+    if not meta.is_file() or not (folder / WEIGHTS).is_file():
+        raise CapaugError(f"{folder} is not a capaug model folder (needs capaug.json and {WEIGHTS})")
+    try:
+        data = json.loads(meta.read_text())
+        info = ModelInfo(**data)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise CapaugError(f"{meta} is unreadable: {e}") from None
+    if info.format != FORMAT:
+        raise CapaugError(f"{folder} has model format {info.format!r}; this capaug reads {FORMAT!r}")
+    return info
+
+
+def load_diffusion_model(folder: str | Path, device="cpu"):
+    """Return (UNet2DModel in eval mode, DDPMScheduler, ModelInfo) from a folded model folder."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    info = read_model_info(folder)
+    folder = Path(folder)
+    unet = UNet2DModel.from_pretrained(folder).to(device).eval()
+    scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
+    return unet, scheduler, info

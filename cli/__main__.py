@@ -1,0 +1,3 @@
+from capaug.cli.app import main
+
+main()
