@@ -12,6 +12,13 @@ from capaug.augment.errors import CapaugError
 
 from .common import err_console
 
+try:  # recent typer vendors its own copy of click
+    from typer._click import exceptions as _vendored
+except ImportError:
+    _vendored = click.exceptions
+USAGE_ERRORS = (click.exceptions.ClickException, _vendored.ClickException)
+ABORTS = (click.exceptions.Abort, typer.Abort)
+
 app = typer.Typer(
     name="capaug",
     help="Minority-class synthesis for long-tailed image data: CM diffusion, balanced synthesis, downstream check.",
@@ -21,7 +28,7 @@ app = typer.Typer(
 )
 
 # Command modules, each with `register(app)`.
-COMMANDS = ["recipes_cmd"]
+COMMANDS = ["recipes_cmd", "train_cmd"]
 
 for _name in COMMANDS:
     importlib.import_module(f"{__package__}.{_name}").register(app)
@@ -34,10 +41,10 @@ def main(argv: list[str] | None = None) -> None:
     except CapaugError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except ABORTS:
         err_console.print("[bold red]aborted[/]")
         sys.exit(130)
-    except click.exceptions.ClickException as e:
+    except USAGE_ERRORS as e:
         e.show()
         sys.exit(2)
     except KeyboardInterrupt:

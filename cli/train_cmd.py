@@ -1,0 +1,93 @@
+"""`capaug train`: parse options, prepare the split, run `capaug.augment.train.train` with a progress bar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import RecipeOption, SetOption, console, recipe_with
+
+
+def train(
+    data: Optional[str] = typer.Argument(None, help="Image folder, .npz, .csv or builtin:digits-lt (default: the recipe's dataset, or the run's split)."),
+    run: Path = typer.Option(..., "--run", help="Run folder (created if needed)."),
+    recipe: str = RecipeOption,
+    method: Optional[str] = typer.Option(None, help="cm (Capacity Manipulation) or plain (DDPM/CBDM/OC baseline)."),
+    base_loss: Optional[str] = typer.Option(None, "--base-loss", help="ddpm, cbdm or oc."),
+    rho: Optional[float] = typer.Option(None, help="Low-rank ratio: rank = max(1, floor(rho * min(c_in, c_out)))."),
+    targets: Optional[str] = typer.Option(None, help="Comma list: up, mid, down, attention, or module-name patterns."),
+    lambda_con: Optional[float] = typer.Option(None, "--lambda-con", help="Consistency weight of L_CM."),
+    lambda_div: Optional[float] = typer.Option(None, "--lambda-div", help="Diversity weight of L_CM."),
+    cm_fraction: Optional[float] = typer.Option(None, "--cm-fraction", help="Fraction of the batch that gets the off branch."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch per optimizer step."),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Micro-batches per optimizer step."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Training resolution (pixels)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate."),
+    warmup: Optional[int] = typer.Option(None, help="Linear warm-up steps."),
+    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="EMA decay (with warm-up)."),
+    p_uncond: Optional[float] = typer.Option(None, "--p-uncond", help="Label-dropout rate for classifier-free guidance."),
+    seed: Optional[int] = typer.Option(None, help="Random seed."),
+    mixed_precision: Optional[str] = typer.Option(None, "--mixed-precision", help="auto (bf16 on CUDA), no, bf16, fp16."),
+    sample_every: Optional[int] = typer.Option(None, "--sample-every", help="Write samples/step-N.png every N steps."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N steps."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the training step."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
+    from_pretrained: Optional[Path] = typer.Option(None, "--from-pretrained", help="Local diffusers UNet folder: LoRA fine-tuning variant."),
+    sets: Optional[list[str]] = SetOption,
+) -> None:
+    """Train a class-conditional diffusion model with Capacity Manipulation on the training split."""
+    options = {
+        "train.method": method, "train.base_loss": base_loss, "train.rho": rho,
+        "train.targets": targets.split(",") if targets else None, "train.lambda_con": lambda_con,
+        "train.lambda_div": lambda_div, "train.cm_fraction": cm_fraction, "train.steps": steps,
+        "train.batch_size": batch_size, "train.grad_accum": grad_accum, "train.image_size": image_size,
+        "train.lr": lr, "train.warmup_steps": warmup, "train.ema_decay": ema_decay, "train.p_uncond": p_uncond,
+        "train.seed": seed, "train.mixed_precision": mixed_precision, "train.sample_every": sample_every,
+        "train.checkpoint_every": checkpoint_every, "train.compile": compile,
+    }
+    cfg = recipe_with(recipe, sets, **options)
+    from capaug.augment.pipeline import run_training
+
+    with training_progress() as callback:
+        result = run_training(data, run, cfg, resume=resume, from_pretrained=from_pretrained, callback=callback,
+                              extend_steps=steps)
+    if result is not None:
+        console.print(
+            f"[green]trained[/] {result.step} steps in {result.seconds / 60:.1f} min, final loss {result.final_loss:.4f}; "
+            f"model {result.model_dir}, log {result.log_path}, samples {result.model_dir.parent / 'samples'}"
+        )
+
+
+class training_progress:
+    """A rich progress bar fed by the training callback; silent on non-main processes."""
+
+    def __enter__(self):
+        from accelerate import PartialState
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.main = PartialState().is_main_process
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[speed]} img/s"), TimeRemainingColumn(), console=console, disable=not self.main,
+        )
+        self.progress.__enter__()
+        self.task = None
+        return self.update
+
+    def update(self, row: dict) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task("train", total=row["total"], loss="-", speed="-")
+        fields = {"loss": f"{row['loss']:.4f}"}
+        if "images_per_s" in row:
+            fields["speed"] = f"{row['images_per_s']:.0f}"
+        self.progress.update(self.task, completed=row["step"], **fields)
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
