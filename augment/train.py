@@ -37,6 +37,7 @@ class TrainResult:
     log_path: Path
     final_loss: float
     seconds: float
+    unet: torch.nn.Module  # the trained (non-EMA, unfolded) model, for Python users
 
 
 # --------------------------------------------------------------------------- data order
@@ -344,7 +345,7 @@ def train(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(step=step, model_dir=model_dir, log_path=log_path, final_loss=loss_value,
-                       seconds=time.time() - t0)
+                       seconds=time.time() - t0, unet=unet_of(objective, accelerator))
 
 
 def unet_of(objective, accelerator):

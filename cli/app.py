@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 import click
 import typer
@@ -28,14 +29,19 @@ app = typer.Typer(
 )
 
 # Command modules, each with `register(app)`.
-COMMANDS = ["recipes_cmd", "train_cmd"]
+COMMANDS = ["recipes_cmd", "train_cmd", "inspect_cmd", "data_cmd", "synthesize_cmd", "downstream_cmd", "evaluate_cmd", "analyze_cmd"]
 
 for _name in COMMANDS:
     importlib.import_module(f"{__package__}.{_name}").register(app)
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors become one red line and exit code 2, never a traceback."""
+    """Entry point: user errors become one red line and exit code 2, never a traceback; warnings one yellow line."""
+    warnings.showwarning = _warning_line
     try:
         rc = app(args=argv, standalone_mode=False)
     except CapaugError as e:

@@ -1,0 +1,85 @@
+"""The `capaug data` conversions: a MedMNIST npz to a pre-split folder tree, and a balanced tree to a long tail.
+
+Both write their output folder atomically (`io.atomic_dir`): it appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image
+
+from .errors import CapaugError
+from .io import atomic_dir, ensure_outside
+from .sources import SPLITS, load_npz, scan_source
+
+
+def long_tail_counts(n_max: int, ratio: float, num_classes: int) -> list[int]:
+    """The exponential long-tail profile `n_k = floor(n_max * ratio^(-k/(K-1)))`, k = 0..K-1."""
+    return [math.floor(n_max * ratio ** (-k / (num_classes - 1)) + 1e-9) for k in range(num_classes)]
+
+
+def npz_to_folder(npz_path: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> dict[str, dict[str, int]]:
+    """Write a MedMNIST npz as `out/{train,val,test}/<class id>/<index:06d>.png`; returns split -> class -> count."""
+    npz_path = Path(npz_path)
+    if not npz_path.is_file():
+        raise CapaugError(f"npz file {npz_path} does not exist")
+    _check_new_output(out, overwrite)
+    arrays = load_npz(npz_path)
+    num_classes = 1 + max(int(arrays[f"{part}_labels"].max(initial=0)) for part in SPLITS)
+    counts = {}
+    with atomic_dir(out) as tmp:
+        for part in SPLITS:
+            labels = arrays[f"{part}_labels"].reshape(-1)
+            for k in range(num_classes):
+                (tmp / part / str(k)).mkdir(parents=True)
+            for i, (image, label) in enumerate(zip(arrays[f"{part}_images"], labels)):
+                Image.fromarray(image.squeeze()).save(tmp / part / str(int(label)) / f"{i:06d}.png")
+            counts[part] = {str(k): int((labels == k).sum()) for k in range(num_classes)}
+    return counts
+
+
+def make_long_tailed(
+    data: str | os.PathLike, ratio: float, out: str | os.PathLike, overwrite: bool = False
+) -> dict[str, dict[str, int]]:
+    """Copy the first `n_k` training files (sorted) of class k, n_max = the smallest training class; val/test as is.
+
+    This is how CIFAR-10-LT is made: ratio 100 on the balanced CIFAR-10 tree keeps 5000 ... 50 training images.
+    Returns split -> class -> count of the output.
+    """
+    if ratio < 1:
+        raise CapaugError(f"--ratio must be at least 1 (the largest over the smallest class), got {ratio}")
+    catalog = scan_source(data)
+    if catalog.source["kind"] not in ("folder", "presplit"):
+        raise CapaugError("make-lt needs an image folder tree; convert an npz first with `capaug data from-npz`")
+    ensure_outside(out, catalog.root)
+    _check_new_output(out, overwrite)
+    train = [(key, label) for key, label, split in catalog.items if split in (None, "train")]
+    available = Counter(label for _, label in train)
+    keep = long_tail_counts(min(available.values()), ratio, len(catalog.classes))
+    taken: Counter = Counter()
+    chosen = []
+    for key, label in train:  # keys are sorted within each class
+        if taken[label] < keep[label]:
+            taken[label] += 1
+            chosen.append((key, label, "train"))
+    chosen += [item for item in catalog.items if item[2] in ("val", "test")]
+    with atomic_dir(out) as tmp:
+        for key, _, _ in chosen:
+            (tmp / key).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(catalog.root / key, tmp / key)
+    written = Counter((split, label) for _, label, split in chosen)
+    parts = sorted({split for split, _ in written}, key=SPLITS.index)
+    return {part: {name: written[part, k] for k, name in enumerate(catalog.classes)} for part in parts}
+
+
+def _check_new_output(out: str | os.PathLike, overwrite: bool) -> None:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CapaugError(f"output {out} is a file; choose a folder path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise CapaugError(f"output folder {out} already exists and is not empty; choose another path or pass --overwrite")
