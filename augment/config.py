@@ -92,7 +92,8 @@ class SynthesisConfig(Strict):
     batch_size: int = Field(64, ge=1)
     seed: int = 0
     resize: bool = False
-    near_copy_threshold: Optional[float] = None
+    near_copy_threshold: Optional[float] = Field(None, gt=0, description="drop images closer than this to a training image")
+    audit_threshold: float = Field(0.02, gt=0, description="RMS pixel distance below which the audit counts a near-copy")
     filter_confidence: float = Field(0.9, gt=0, le=1)
 
 
@@ -112,6 +113,7 @@ class DownstreamConfig(Strict):
     reweight: Literal["class-balanced", "logit-adjusted"] = "logit-adjusted"
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     num_workers: int = 0
+    cache_mb: float = Field(2048, ge=0, description="hold the split's decoded images in memory up to this size")
 
 
 class Recipe(Strict):

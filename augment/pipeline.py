@@ -44,3 +44,31 @@ def run_training(
     split = prepare_split(spec, run_dir, recipe.data)
     return train(split, cfg, run_dir, data_cfg=recipe.data, resume=resume,
                  from_pretrained=str(from_pretrained) if from_pretrained else None, callback=callback)
+
+
+def run_pipeline(
+    data: Optional[str],
+    run_dir: str | Path,
+    recipe: Recipe,
+    *,
+    on_train: Optional[Callable[[dict], None]] = None,
+    on_synthesis=None,
+    on_model: Optional[Callable[[str, int, dict], None]] = None,
+) -> dict:
+    """train -> synthesize -> downstream on one run folder; returns the downstream `metrics.json` content.
+
+    Rerunning picks up where an earlier call stopped: a finished model is reused, an unfinished training run
+    resumes from its last checkpoint, and synthesis completes its plan.
+    """
+    from capaug.classifier.downstream import run_downstream
+
+    from .split import load_split
+    from .synthesize import synthesize
+    from .train import checkpoint_dirs
+
+    run_dir = Path(run_dir)
+    model_dir = run_dir / "diffusion" / "model"
+    if not (model_dir / "capaug.json").is_file():
+        run_training(data, run_dir, recipe, resume=bool(checkpoint_dirs(run_dir)), callback=on_train)
+    synthesize(model_dir, run_dir / "synthetic", recipe.synthesize, split=load_split(run_dir), on_progress=on_synthesis)
+    return run_downstream(run_dir, recipe.downstream, data_cfg=recipe.data, on_model=on_model)

@@ -213,6 +213,7 @@ def train(
     from diffusers.training_utils import EMAModel
 
     from .datasets import ImageDataset, diffusion_transform
+    from .devices import wants_cpu
     from .objective import DiffusionObjective
 
     run_dir = Path(run_dir)
@@ -226,7 +227,7 @@ def train(
 
     on_cuda = torch.cuda.is_available()
     precision, channels_last = _device_settings(cfg, on_cuda)
-    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
+    accelerator = Accelerator(cpu=wants_cpu(), mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_global = cfg.batch_size // cfg.grad_accum
     if cfg.batch_size % (cfg.grad_accum * world):

@@ -65,10 +65,10 @@ class training_progress:
     """A rich progress bar fed by the training callback; silent on non-main processes."""
 
     def __enter__(self):
-        from accelerate import PartialState
+        from capaug.augment.devices import process_state
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.main = PartialState().is_main_process
+        self.main = process_state().is_main_process
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
             TextColumn("{task.fields[speed]} img/s"), TimeRemainingColumn(), console=console, disable=not self.main,

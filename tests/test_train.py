@@ -143,7 +143,7 @@ def test_lora_variant_keeps_the_pretrained_weights_frozen(tmp_path):
 def test_two_process_gloo_run_keeps_identical_weights(tmp_path):
     run = tmp_path / "run"
     worker = Path(__file__).with_name("ddp_worker.py")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(worker), str(run)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

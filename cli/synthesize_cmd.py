@@ -1,0 +1,107 @@
+"""`capaug synthesize`: parse options, call `capaug.augment.synthesize.synthesize`, show plan, progress and audit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from capaug.augment.errors import CapaugError
+
+from .common import RecipeOption, SetOption, console, recipe_with
+
+
+def synthesize(
+    run: Optional[Path] = typer.Option(None, "--run", help="Run folder: model RUN/diffusion/model, output RUN/synthetic, split RUN/split.json."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Folded model folder (default RUN/diffusion/model)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN/synthetic)."),
+    target: Optional[str] = typer.Option(None, help="balanced, balanced:N, ratio:R, or a .yaml/.json file class -> count."),
+    sampler: Optional[str] = typer.Option(None, help="dpmsolver++ (default), ddim or ddpm."),
+    steps: Optional[int] = typer.Option(None, help="Sampler steps."),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance weight w (1 = none)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per sampler batch."),
+    seed: Optional[int] = typer.Option(None, help="Base seed; image i of class c uses a seed derived from (seed, c, i)."),
+    resize: Optional[bool] = typer.Option(None, "--resize/--no-resize", help="Save at the data's size instead of the model's."),
+    drop_near_copies: Optional[float] = typer.Option(None, "--drop-near-copies", help="Drop and replace images within this RMS pixel distance of a training image."),
+    filter_classifier: Optional[Path] = typer.Option(None, "--filter-classifier", help="Classifier (trained on the real training split) for the confidence filter."),
+    filter_confidence: Optional[float] = typer.Option(None, "--filter-confidence", help="Drop images the classifier gives to another class above this confidence."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete the output's earlier images and start again."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit."),
+    recipe: str = RecipeOption,
+    sets: Optional[list[str]] = SetOption,
+) -> None:
+    """Synthesize minority-class images until the target class balance is reached (resumable)."""
+    if run is None and (model is None or out is None):
+        raise CapaugError("pass --run RUN, or both --model DIR and --out DIR")
+    options = {
+        "synthesize.target": target, "synthesize.sampler": sampler, "synthesize.steps": steps,
+        "synthesize.guidance": guidance, "synthesize.batch_size": batch_size, "synthesize.seed": seed,
+        "synthesize.resize": resize, "synthesize.near_copy_threshold": drop_near_copies,
+        "synthesize.filter_confidence": filter_confidence,
+    }
+    cfg = recipe_with(recipe, sets, **options).synthesize
+    from capaug.augment.split import load_split
+    from capaug.augment.devices import process_state
+    from capaug.augment.synthesize import synthesize as run_synthesis
+
+    split = load_split(run) if run is not None else None
+    model = model or run / "diffusion" / "model"
+    out = out or run / "synthetic"
+    main = process_state().is_main_process
+    with ClassProgress(disable=dry_run or not main) as progress:
+        result = run_synthesis(model, out, cfg, split=split, classifier=filter_classifier, overwrite=overwrite,
+                               dry_run=dry_run, on_progress=progress.update)
+    if not main:
+        return
+    if dry_run:
+        table = Table("class", "real", "target", "to generate", title=f"plan: {cfg.target}")
+        for p in result.plan:
+            table.add_row(p.name, str(p.real), str(p.target), str(p.generate))
+        console.print(table)
+        console.print(f"{sum(p.generate for p in result.plan)} images to generate into {out}")
+        return
+    if result.audit:
+        table = Table("class", "images", "min dist", "median dist", "near-copies", "rate", "dropped",
+                      title=f"memorization audit (RMS pixel distance; near-copy < {result.audit[0].threshold:g})")
+        for s in result.audit:
+            table.add_row(s.name, str(s.images), f"{s.min_distance:.4f}", f"{s.median_distance:.4f}", str(s.near_copies),
+                          f"{100 * s.near_copy_rate:.1f}%", str(result.dropped.get(s.name, 0)))
+        console.print(table)
+    total = sum(p.generate for p in result.plan)
+    console.print(f"[green]synthesized[/] {result.made} new images ({total} in the plan); manifest {result.manifest}")
+
+
+class ImagesPerSecond(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.1f} img/s" if task.speed else "- img/s")
+
+
+class ClassProgress:
+    """One rich progress bar per class, fed by synthesize's (class, done, total) callback."""
+
+    def __init__(self, disable: bool):
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), ImagesPerSecond(),
+            TimeRemainingColumn(), console=console, disable=disable,
+        )
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def update(self, name: str, done: int, total: int) -> None:
+        if name not in self.tasks:
+            self.tasks[name] = self.progress.add_task(name, total=total)
+        self.progress.update(self.tasks[name], completed=done)
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("synthesize")(synthesize)
