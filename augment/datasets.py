@@ -42,7 +42,7 @@ class DiffusionTransform:
         self.image_size, self.channels = image_size, channels
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # a copy: inputs may be read-only
         if x.shape[0] != self.channels:
             x = x.expand(3, -1, -1) if self.channels == 3 else F.rgb_to_grayscale(x)
         if tuple(x.shape[1:]) != (self.image_size, self.image_size):

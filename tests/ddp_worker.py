@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
+from capaug.augment.devices import process_state
 
 from capaug.augment.pipeline import run_training
 from capaug.recipes import load_recipe
@@ -17,7 +17,7 @@ TINY = {"train.image_size": 16, "train.unet.block_out_channels": [16, 32], "trai
 
 if __name__ == "__main__":
     run = Path(sys.argv[1])
-    state = PartialState()
+    state = process_state()
     result = run_training("builtin:digits-lt", run, load_recipe("quickstart", TINY))
     digest = hashlib.sha256()
     for name, tensor in sorted(result.unet.state_dict().items()):
