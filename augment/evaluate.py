@@ -92,6 +92,7 @@ def classification_accuracy_score(split, synthetic, cfg: DownstreamConfig, group
 def evaluate_run(
     run_dir: str | Path,
     *,
+    synthetic_dir: Optional[str | Path] = None,
     features: str = "classifier",
     downstream: DownstreamConfig = DownstreamConfig(),
     data_cfg: Optional[DataConfig] = None,
@@ -103,7 +104,8 @@ def evaluate_run(
     device=None,
     on_stage: Optional[Callable[[str], None]] = None,
 ) -> dict:
-    """All generative metrics of `RUN/synthetic` against the run's split; writes and returns `metrics.json`.
+    """All generative metrics of `RUN/synthetic` (or `synthetic_dir`, e.g. a fixed number of samples per class
+    made with a target file) against the run's split; writes and returns `RUN/eval/metrics.json`.
 
     `features`: classifier | inception | a file (see `augment/features.py`). `data_cfg` sets the groups
     (default: the thresholds the run was trained with). `on_stage(message)` reports progress.
@@ -129,7 +131,7 @@ def evaluate_run(
         data_cfg = DataConfig.model_validate(yaml.safe_load(config.read_text()).get("data", {})) if config.is_file() else DataConfig()
     stats = split.stats(data_cfg)
     groups = dict(zip(split.classes, stats.groups))
-    synthetic = load_synthetic_set("synthetic", run_dir / "synthetic", split.classes, split.hash)
+    synthetic = load_synthetic_set("synthetic", Path(synthetic_dir or run_dir / "synthetic"), split.classes, split.hash)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     report(f"features: {features}")

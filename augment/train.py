@@ -112,7 +112,9 @@ def _device_settings(cfg: TrainConfig, on_cuda: bool) -> tuple[str, bool]:
 
 
 def _pretrained_unet(folder: str, num_classes: int, channels: int):
-    """A local diffusers UNet as the frozen start of the LoRA variant, with K + 1 class embeddings."""
+    """A local diffusers UNet as the frozen start of the LoRA variant, with K + 1 class embeddings.
+
+    Returns (unet, whether the class table is new and so must be trained)."""
     from diffusers import UNet2DModel
 
     path = Path(folder)
@@ -124,11 +126,11 @@ def _pretrained_unet(folder: str, num_classes: int, channels: int):
         raise CapaugError(f"--from-pretrained {folder} could not be loaded as a UNet2DModel: {e}") from None
     if unet.config.in_channels != channels:
         raise CapaugError(f"--from-pretrained UNet takes {unet.config.in_channels} channels, the data has {channels}")
-    if unet.config.num_class_embeds != num_classes + 1:
-        # A new (trainable) class table; everything else stays frozen.
-        unet.class_embedding = torch.nn.Embedding(num_classes + 1, unet.time_embedding.linear_2.out_features)
-        unet.register_to_config(num_class_embeds=num_classes + 1, class_embed_type=None)
-    return unet
+    if unet.config.num_class_embeds == num_classes + 1:
+        return unet, False
+    unet.class_embedding = torch.nn.Embedding(num_classes + 1, unet.time_embedding.linear_2.out_features)
+    unet.register_to_config(num_class_embeds=num_classes + 1, class_embed_type=None)
+    return unet, True
 
 
 def build_model(cfg: TrainConfig, num_classes: int, channels: int, from_pretrained: Optional[str] = None):
@@ -137,9 +139,9 @@ def build_model(cfg: TrainConfig, num_classes: int, channels: int, from_pretrain
     from .unet import build_unet
 
     if from_pretrained:
-        unet = _pretrained_unet(from_pretrained, num_classes, channels)
+        unet, new_class_table = _pretrained_unet(from_pretrained, num_classes, channels)
         add_capacity(unet, cfg.rho, cfg.targets, sets=("general", "expert") if cfg.method == "cm" else ("general",))
-        freeze_base(unet)
+        freeze_base(unet, train_class_embedding=new_class_table)
     else:
         unet = build_unet(cfg, num_classes, channels)
         if cfg.method == "cm":

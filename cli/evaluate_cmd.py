@@ -14,6 +14,7 @@ from .common import RecipeOption, SetOption, console, recipe_with
 
 def evaluate(
     run: Path = typer.Option(..., "--run", help="Run folder with split.json, diffusion/model and synthetic/."),
+    synthetic: Optional[Path] = typer.Option(None, "--synthetic", help="Synthetic folder to score (default RUN/synthetic)."),
     features: str = typer.Option("classifier", help="classifier (in-domain, trained on the real training split), inception, or a file (classifier checkpoint, .pt2, TorchScript, Inception weights)."),
     k: int = typer.Option(5, "--k", min=1, help="Neighbours for improved precision/recall."),
     kid_subsets: int = typer.Option(100, "--kid-subsets", min=1, help="Random subsets for KID's mean and std."),
@@ -28,7 +29,7 @@ def evaluate(
     from capaug.augment.evaluate import evaluate_run
 
     with console.status("evaluating") as status:
-        result = evaluate_run(run, features=features, downstream=cfg.downstream,
+        result = evaluate_run(run, synthetic_dir=synthetic, features=features, downstream=cfg.downstream,
                               audit_threshold=cfg.synthesize.audit_threshold, k=k, kid_subsets=kid_subsets,
                               cas=cas, seed=seed, device=device, on_stage=lambda m: status.update(f"evaluating: {m}"))
     console.print(summary_table(result))

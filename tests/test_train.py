@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from capaug.augment.errors import CapaugError
 from capaug.augment.pipeline import run_training
+from capaug.augment.train import build_model
 from capaug.recipes import load_recipe
 
 TINY = {
@@ -135,9 +136,16 @@ def test_lora_variant_keeps_the_pretrained_weights_frozen(tmp_path):
     state = load_file(run / "diffusion" / "checkpoints" / "step-3" / "model.safetensors")
     base = pretrained.state_dict()
     assert torch.equal(state["unet.conv_in.weight"], base["conv_in.weight"])
+    assert torch.equal(state["unet.time_embedding.linear_1.weight"], base["time_embedding.linear_1.weight"])
     assert any(".general." in k for k in state) and any(".expert." in k for k in state)
     folded = UNet2DModel.from_pretrained(run / "diffusion" / "model")
     assert folded.config.num_class_embeds == 11
+    # the pretrained UNet had no class table: the new one trains with the low-rank sets, nothing else does
+    unet = build_model(tiny().train, 10, 1, str(tmp_path / "pre"))
+    trainable = {name.split(".")[0] for name, p in unet.named_parameters() if p.requires_grad}
+    assert "class_embedding" in trainable
+    assert all(".general." in n or ".expert." in n or n.startswith("class_embedding")
+               for n, p in unet.named_parameters() if p.requires_grad)
 
 
 def test_two_process_gloo_run_keeps_identical_weights(tmp_path):

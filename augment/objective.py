@@ -1,0 +1,127 @@
+"""One training step's loss: L = L_base(eps_on) + L_CM (DESIGN.md, The CM method), as an nn.Module for DDP.
+
+The efficient CM step: with low-rank terms only in the up path, the on and off branches share everything before
+it, so `encode` (embeddings, conv_in, down, mid) runs once and `decode` (up path, conv_norm_out/act, conv_out) runs
+once on the doubled batch [every sample, gate on ; the cm_fraction subset, gate off]. Otherwise two full passes.
+`encode` + `decode` follow `diffusers.UNet2DModel.forward` for the UNets `unet.build_unet` makes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .capacity import SplitGate, capacity_gate, capacity_layers, capacity_outside_up
+from .config import TrainConfig
+from .losses import cbdm_loss, cbdm_pairs, class_weights, cm_loss, ddpm_loss, oc_loss, pixel_mean
+
+
+def shares_encoder(unet) -> bool:
+    """True when the on and off branches agree up to the up path (low-rank terms only there) and `encode`/`decode`
+    cover the UNet (positional time embedding, label embedding, no skip-conv blocks)."""
+    c = unet.config
+    return (
+        c.time_embedding_type == "positional"
+        and c.class_embed_type is None
+        and not c.center_input_sample
+        and not any(hasattr(b, "skip_conv") for b in [*unet.down_blocks, *unet.up_blocks])
+        and not capacity_outside_up(unet)
+    )
+
+
+def encode(unet, x_t, t, labels):
+    """UNet2DModel.forward steps 1-4: (mid-block output, down-path residuals, time + class embedding)."""
+    emb = unet.time_embedding(unet.time_proj(t).to(unet.dtype))
+    emb = emb + unet.class_embedding(labels).to(unet.dtype)
+    h = unet.conv_in(x_t)
+    skips = (h,)
+    for block in unet.down_blocks:
+        h, res = block(hidden_states=h, temb=emb)
+        skips += res
+    if unet.mid_block is not None:
+        h = unet.mid_block(h, emb)
+    return h, skips, emb
+
+
+def decode(unet, h, skips, emb):
+    """UNet2DModel.forward steps 5-6: up path and output head."""
+    for block in unet.up_blocks:
+        n = len(block.resnets)
+        h, skips = block(h, skips[-n:], emb), skips[:-n]
+    return unet.conv_out(unet.conv_act(unet.conv_norm_out(h)))
+
+
+class DiffusionObjective(nn.Module):
+    """forward(x0, labels) -> dict(loss, loss_base, loss_cm, d); t, noise, label dropout and the cm_fraction subset
+    come from torch's global RNG on x0's device. `fast_path` says whether the CM step shares the down/mid path."""
+
+    def __init__(self, unet, noise_scheduler, cfg: TrainConfig, train_counts):
+        super().__init__()
+        if noise_scheduler.config.prediction_type != "epsilon":
+            raise ValueError("DiffusionObjective trains epsilon prediction")
+        if cfg.method == "cm" and not capacity_layers(unet):
+            raise ValueError("method 'cm' needs capacity terms: call capacity.add_capacity(unet, ...) first")
+        self.unet, self.noise_scheduler, self.cfg = unet, noise_scheduler, cfg
+        self.num_classes = len(train_counts)
+        w_con, w_div = class_weights(train_counts)
+        counts = torch.as_tensor(train_counts, dtype=torch.float32)
+        self.register_buffer("w_con", w_con, persistent=False)
+        self.register_buffer("w_div", w_div, persistent=False)
+        self.register_buffer("label_prob", counts / counts.sum(), persistent=False)
+        self.register_buffer("alphas_cumprod", noise_scheduler.alphas_cumprod.clone(), persistent=False)
+        self.fast_path = cfg.method == "cm" and shares_encoder(unet)
+
+    def predict(self, x_t, t, labels, off, fast: bool | None = None):
+        """(eps_on for every row, eps_off for the rows `off`), by the fast path or by two full passes."""
+        fast = self.fast_path if fast is None else fast
+        if fast:
+            if not shares_encoder(self.unet):
+                raise ValueError("the fast CM path needs capacity terms in the up path only")
+            h, skips, emb = encode(self.unet, x_t, t, labels)
+
+            def doubled(z):
+                return torch.cat([z, z[off]])
+
+            with capacity_gate(self.unet, SplitGate(len(x_t))):
+                eps = decode(self.unet, doubled(h), tuple(map(doubled, skips)), doubled(emb))
+            return eps.split([len(x_t), len(off)])
+        with capacity_gate(self.unet, 1.0):
+            eps_on = self.unet(x_t, t, labels).sample
+        with capacity_gate(self.unet, 0.0):
+            eps_off = self.unet(x_t[off], t[off], labels[off]).sample
+        return eps_on, eps_off
+
+    def forward(self, x0, labels):
+        cfg, n, device = self.cfg, len(x0), x0.device
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), device=device)
+        noise = torch.randn_like(x0)
+        x_t = self.noise_scheduler.add_noise(x0, noise, t)
+        cond = labels.masked_fill(torch.rand(n, device=device) < cfg.p_uncond, self.num_classes)
+
+        # the on-branch batch: every sample, plus (cbdm) the labelled ones again with a second label y'
+        x_in, t_in, y_in = x_t, t, cond
+        if cfg.base_loss == "cbdm":
+            labelled, y_other = cbdm_pairs(cond, self.num_classes, self.label_prob)
+            x_in, t_in, y_in = torch.cat([x_t, x_t[labelled]]), torch.cat([t, t[labelled]]), torch.cat([cond, y_other])
+
+        d = torch.full((n,), float("nan"), device=device)
+        if cfg.method == "cm":
+            off = torch.randperm(n, device=device)[: max(1, round(cfg.cm_fraction * n))]
+            eps_in, eps_off = self.predict(x_in, t_in, y_in, off)
+            d_off = pixel_mean((eps_in[off] - eps_off) ** 2)
+            loss_cm = cm_loss(d_off, labels[off], self.w_con, self.w_div, cfg.lambda_con, cfg.lambda_div)
+            d[off] = d_off.detach()
+        else:
+            eps_in = self.unet(x_in, t_in, y_in).sample
+            loss_cm = torch.zeros((), device=device)
+        eps_on = eps_in[:n]
+
+        if cfg.base_loss == "ddpm":
+            loss_base = ddpm_loss(eps_on, noise)
+        elif cfg.base_loss == "cbdm":
+            T = self.noise_scheduler.config.num_train_timesteps
+            loss_base = cbdm_loss(eps_on, noise, eps_in[n:], labelled, t, T, cfg.cbdm_tau, cfg.cbdm_gamma)
+        else:
+            loss_base = oc_loss(eps_on, x_t, x0, self.alphas_cumprod[t], self.label_prob[labels])
+        loss = loss_base + loss_cm
+        return dict(loss=loss, loss_base=loss_base.detach(), loss_cm=loss_cm.detach(), d=d)

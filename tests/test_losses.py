@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from capaug.augment.losses import (
+    cbdm_loss,
+    cbdm_pairs,
+    class_weights,
+    cm_loss,
+    ddpm_loss,
+    oc_loss,
+    oc_partners,
+)
+
+
+def test_class_weights_on_known_counts():
+    w_con, w_div = class_weights([100, 10, 1])
+    am, hm = 111 / 3, 3 / (1 / 100 + 1 / 10 + 1)
+    torch.testing.assert_close(w_con, torch.tensor([100 / am, 10 / am, 1 / am]))
+    torch.testing.assert_close(w_div, torch.tensor([hm / 100, hm / 10, hm / 1]))
+
+
+def test_balanced_counts_give_unit_weights_and_zero_cm_loss():
+    w_con, w_div = class_weights([7, 7, 7, 7])
+    assert torch.allclose(w_con, torch.ones(4)) and torch.allclose(w_div, torch.ones(4))
+    d, labels = torch.rand(8), torch.arange(8) % 4
+    assert cm_loss(d, labels, w_con, w_div, 0.5, 0.5).abs() < 1e-7
+
+
+def test_cm_loss_uses_the_given_labels():
+    w_con, w_div = torch.tensor([2.0, 0.5]), torch.tensor([0.25, 4.0])
+    d, labels = torch.tensor([1.0, 3.0]), torch.tensor([0, 1])
+    expected = ((1.0 * 2.0 - 0.2 * 0.25) * 1.0 + (1.0 * 0.5 - 0.2 * 4.0) * 3.0) / 2
+    assert cm_loss(d, labels, w_con, w_div, 1.0, 0.2).item() == pytest.approx(expected)
+
+
+def test_ddpm_loss_is_the_mean_squared_error():
+    a, b = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
+    assert ddpm_loss(a, b).item() == pytest.approx(((a - b) ** 2).mean().item(), rel=1e-6)
+
+
+def test_cbdm_skips_null_label_samples():
+    null = 3
+    cond = torch.tensor([0, null, 2, null, 1])
+    labelled, y_other = cbdm_pairs(cond, null, torch.tensor([0.7, 0.2, 0.1]))
+    assert labelled.tolist() == [0, 2, 4] and len(y_other) == 3 and (y_other < null).all()
+    nobody, none = cbdm_pairs(torch.full((4,), null), null, torch.tensor([0.7, 0.2, 0.1]))
+    assert len(nobody) == len(none) == 0
+
+    eps_pred, eps = torch.randn(5, 1, 2, 2), torch.randn(5, 1, 2, 2)
+    t = torch.full((5,), 500)
+    assert cbdm_loss(eps_pred, eps, eps_pred[nobody], nobody, t, 1000, 1.0, 0.25) == ddpm_loss(eps_pred, eps)
+
+
+def test_cbdm_regulariser_value_and_stop_gradients():
+    eps_pred = torch.zeros(2, 1, 1, 1, requires_grad=True)
+    eps_other = torch.ones(1, 1, 1, 1, requires_grad=True)
+    labelled, t = torch.tensor([1]), torch.tensor([0, 500])
+    loss = cbdm_loss(eps_pred, torch.zeros(2, 1, 1, 1), eps_other, labelled, t, 1000, tau=1.0, gamma=0.25)
+    assert loss.item() == pytest.approx(0.5 * (1 + 0.25) / 2)  # tau t/T (1 + gamma), averaged over the batch
+    loss.backward()
+    # eps(y) is pulled by the first term only, eps(y') by the gamma term only
+    assert eps_pred.grad[1].item() == pytest.approx(0.5 * 2 * (0 - 1) / 2)
+    assert eps_other.grad.item() == pytest.approx(0.5 * 0.25 * 2 * (1 - 0) / 2)
+
+
+def test_oc_partner_is_never_of_a_rarer_class():
+    torch.manual_seed(0)
+    n = 32
+    x0 = torch.randn(n, 1, 4, 4) * 0.1
+    labels = torch.arange(n) % 4
+    class_prob = torch.tensor([0.6, 0.25, 0.1, 0.05])[labels]
+    alpha_bar = torch.full((n,), 0.02)  # heavy noise: partners are nearly uniform over the batch
+    x_t = alpha_bar.sqrt().view(-1, 1, 1, 1) * x0 + (1 - alpha_bar).sqrt().view(-1, 1, 1, 1) * torch.randn_like(x0)
+    moved = 0
+    for _ in range(20):
+        j = oc_partners(x_t, x0, alpha_bar, class_prob)
+        assert (class_prob[j] >= class_prob).all()
+        moved += (j != torch.arange(n)).sum().item()
+    assert moved > 0  # the gate is not vacuous
+
+
+def test_oc_is_numerically_safe_and_reduces_to_ddpm_at_low_noise():
+    torch.manual_seed(0)
+    x0, eps = torch.randn(8, 3, 8, 8), torch.randn(8, 3, 8, 8)
+    alpha_bar = torch.full((8,), 1 - 1e-4)
+    x_t = alpha_bar.sqrt().view(-1, 1, 1, 1) * x0 + (1 - alpha_bar).sqrt().view(-1, 1, 1, 1) * eps
+    class_prob = torch.full((8,), 0.1)
+    assert torch.equal(oc_partners(x_t, x0, alpha_bar, class_prob), torch.arange(8))
+    eps_pred = torch.randn_like(eps)
+    expected = ddpm_loss(eps_pred, eps).item()
+    assert oc_loss(eps_pred, x_t, x0, alpha_bar, class_prob).item() == pytest.approx(expected, rel=1e-3)

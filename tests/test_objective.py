@@ -1,0 +1,100 @@
+import math
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from capaug.augment.capacity import add_capacity, capacity_parameters
+from capaug.augment.config import TrainConfig, UNetConfig
+from capaug.augment.objective import DiffusionObjective
+from capaug.augment.unet import build_unet
+
+COUNTS = [40, 10, 2]
+
+
+def objective(targets=("up",), seed=0, **train):
+    torch.manual_seed(seed)
+    cfg = TrainConfig(
+        image_size=16, unet=UNetConfig(block_out_channels=[16, 32], norm_num_groups=8, dropout=0.1), **train
+    )
+    unet = build_unet(cfg, len(COUNTS), channels=3)
+    if cfg.method == "cm":
+        add_capacity(unet, cfg.rho, targets=targets)
+    return DiffusionObjective(unet, DDPMScheduler(), cfg, COUNTS)
+
+
+def batch(n=8):
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(n, 3, 16, 16, generator=g), torch.arange(n) % len(COUNTS)
+
+
+def test_fast_path_is_the_default_and_two_passes_the_fallback():
+    assert objective().fast_path
+    assert not objective(targets=("up", "down")).fast_path
+    assert not objective(targets=("mid",)).fast_path
+    assert not objective(targets=("conv_in",)).fast_path
+    assert objective(targets=("up", "up_blocks.*.attentions.*.to_q")).fast_path
+    assert not objective(method="plain").fast_path
+
+
+def test_fast_path_equals_two_passes_in_eval_mode():
+    obj = objective(targets=("up", "up_blocks.*.attentions.*.to_q")).eval()
+    with torch.no_grad():
+        for p in capacity_parameters(obj.unet):
+            p.normal_(0, 0.05)
+    x0, _ = batch()
+    t, labels, off = torch.randint(0, 1000, (8,)), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), torch.tensor([5, 1, 6])
+    with torch.no_grad():
+        fast_on, fast_off = obj.predict(x0, t, labels, off, fast=True)
+        slow_on, slow_off = obj.predict(x0, t, labels, off, fast=False)
+    assert (slow_on[off] - slow_off).abs().max() > 1e-3  # the comparison is not between equal branches
+    torch.testing.assert_close(fast_on, slow_on, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast_off, slow_off, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("base_loss", ["ddpm", "cbdm", "oc"])
+def test_step_outputs(base_loss):
+    out = objective(base_loss=base_loss)(*batch())
+    assert out["loss"].requires_grad and not out["loss_base"].requires_grad and not out["loss_cm"].requires_grad
+    torch.testing.assert_close(out["loss"].detach(), out["loss_base"] + out["loss_cm"])
+    assert out["d"].shape == (8,) and torch.isfinite(out["d"]).all()
+    assert math.isfinite(out["loss"].item())
+
+
+def test_plain_has_no_cm_term():
+    out = objective(method="plain")(*batch())
+    assert out["loss_cm"] == 0 and torch.isnan(out["d"]).all()
+
+
+def test_cm_fraction_computes_the_off_branch_on_a_subset():
+    out = objective(cm_fraction=0.25)(*batch(8))
+    assert torch.isfinite(out["d"]).sum() == 2
+    out = objective(cm_fraction=0.01)(*batch(8))
+    assert torch.isfinite(out["d"]).sum() == 1
+
+
+@pytest.mark.parametrize("targets", [("up",), ("up", "down")])
+def test_gradients_reach_theta_g_and_theta_e(targets):
+    obj = objective(targets=targets)
+    up_conv = obj.unet.up_blocks[0].resnets[0].conv1
+    down_conv = obj.unet.down_blocks[0].resnets[0].conv1
+    down_weight = getattr(down_conv, "base", down_conv).weight
+    term = up_conv.terms["expert"]
+
+    # at init B = 0: dL/dB != 0 through L_base, and dL/dA = B^T (...) = 0 exactly
+    obj(*batch())["loss"].backward()
+    assert term.B.weight.grad.abs().sum() > 0 and term.A.weight.grad.abs().sum() == 0
+    torch.optim.SGD(obj.parameters(), lr=0.1).step()
+    obj.zero_grad()
+
+    # once B != 0 every part gets gradient, and so does L_CM alone
+    assert term.B.weight.abs().sum() > 0
+    obj(*batch())["loss"].backward()
+    for p in (term.A.weight, term.B.weight, up_conv.base.weight, down_weight):
+        assert p.grad.abs().sum() > 0
+    obj.zero_grad()
+    x0, labels = batch()
+    eps_on, eps_off = obj.predict(x0, torch.randint(0, 1000, (8,)), labels, torch.arange(8))
+    ((eps_on - eps_off) ** 2).mean().backward()
+    for p in (term.A.weight, term.B.weight, up_conv.base.weight, down_weight):
+        assert p.grad.abs().sum() > 0
