@@ -1,0 +1,1 @@
+"""The downstream side: timm classifiers, albumentations pipelines, training arms, metrics and the report."""

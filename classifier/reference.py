@@ -1,0 +1,28 @@
+"""The reference classifier: trained on the real training split only, for other stages to lean on.
+
+Synthesis's confidence filter asks it whether a synthetic image looks like its class, and `capaug evaluate`
+uses its penultimate features as an in-domain feature space. It is trained with the `reweight` arm's loss
+(`cfg.reweight`) so that it does not simply ignore the rare classes those stages care about.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from capaug.augment.config import DownstreamConfig
+from capaug.augment.split import Split
+
+from .checkpoint import ClassifierBundle, save_classifier
+from .experiment import Experiment
+from .losses import make_loss
+
+
+def train_reference(split: Split, cfg: DownstreamConfig, out_path: str | Path, seed: int = 0) -> ClassifierBundle:
+    """Train on `split.train`, select on val balanced accuracy, save to `out_path`, return it ready for use."""
+    experiment = Experiment.prepare(split, cfg)
+    train_set = experiment.dataset(split.train, train=True, seed=seed)
+    trained = experiment.fit(train_set, make_loss(cfg.reweight, split.counts("train")), seed)
+    info = experiment.info(seed=seed, loss=cfg.reweight, best_epoch=trained.best_epoch,
+                           val_balanced_accuracy=trained.val_balanced_accuracy)
+    save_classifier(out_path, trained.model, info)
+    return ClassifierBundle(trained.model, info, experiment.accelerator.device)

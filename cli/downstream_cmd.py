@@ -1,0 +1,101 @@
+"""`capaug downstream`: train and test the classifier arms, print the summary table and the verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from capaug.augment.errors import CapaugError
+
+from .common import RecipeOption, SetOption, console, recipe_with
+
+TABLE_METRICS = {"balanced_accuracy": "bal. acc.", "recall_few": "Few recall"}
+
+
+def downstream(
+    run: Path = typer.Option(..., "--run", help="Run folder with split.json (and synthetic/ for the synthetic arm)."),
+    recipe: str = RecipeOption,
+    arms: Optional[str] = typer.Option(None, "--arms", help="Comma list of real, reweight, oversample, synthetic."),
+    compare: Optional[list[str]] = typer.Option(None, "--compare", help="NAME=DIR: one more synthetic arm from DIR (a synthetic folder or a run folder); repeatable."),
+    model: Optional[str] = typer.Option(None, "--model", help="Any timm.create_model name."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from timm's own weights (needs internet)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local checkpoint to start from (the offline path)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Classifier input size (default: the data's, at most 224)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per model."),
+    seeds: Optional[int] = typer.Option(None, help="Seeds per arm (0..N-1)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size."),
+    lr: Optional[float] = typer.Option(None, help="AdamW learning rate (cosine schedule)."),
+    reweight: Optional[str] = typer.Option(None, help="Loss of the reweight arm: class-balanced or logit-adjusted."),
+    mixed_precision: Optional[str] = typer.Option(None, "--mixed-precision", help="auto (bf16 on CUDA), no, bf16, fp16."),
+    sets: Optional[list[str]] = SetOption,
+) -> None:
+    """Train a timm classifier per arm and seed; test each once on the real test split; write RUN/downstream/."""
+    options = {
+        "downstream.model": model, "downstream.pretrained": pretrained,
+        "downstream.weights": str(weights) if weights else None, "downstream.image_size": image_size,
+        "downstream.epochs": epochs, "downstream.seeds": seeds, "downstream.batch_size": batch_size,
+        "downstream.lr": lr, "downstream.reweight": reweight, "downstream.mixed_precision": mixed_precision,
+    }
+    cfg = recipe_with(recipe, sets, **options)
+    from capaug.classifier.downstream import run_downstream
+
+    chosen = [a.strip() for a in arms.split(",") if a.strip()] if arms else None
+    total = (len(chosen) if chosen is not None else len(cfg.downstream.arms)) + len(compare or [])
+    with console.status("training") as status:
+        done = []
+
+        def on_model(arm: str, seed: int, metrics: dict) -> None:
+            done.append(arm)
+            status.update(f"trained {len(done)}/{total * cfg.downstream.seeds} models; {arm} seed {seed}: "
+                          f"balanced accuracy {metrics['balanced_accuracy']:.3f}")
+
+        result = run_downstream(run, cfg.downstream, parse_compare(compare), chosen, data_cfg=cfg.data,
+                                on_model=on_model)
+    console.print(summary_table(result))
+    console.print(f"[bold]verdict:[/] {result['verdict']['text']}", highlight=False)
+    console.print(f"report: {Path(run) / 'downstream' / 'report.md'}")
+
+
+def parse_compare(entries: Optional[list[str]]) -> dict[str, Path]:
+    """`NAME=DIR` strings -> {name: Path}."""
+    compare: dict[str, Path] = {}
+    for entry in entries or []:
+        name, sep, folder = entry.partition("=")
+        if not sep or not name.strip() or not folder.strip():
+            raise CapaugError(f"--compare expects NAME=DIR, got {entry!r}")
+        if name.strip() in compare:
+            raise CapaugError(f"--compare name {name.strip()!r} is given twice")
+        compare[name.strip()] = Path(folder.strip())
+    return compare
+
+
+def summary_table(result: dict) -> Table:
+    """Mean ± std per arm of the headline metrics and the paired balanced-accuracy differences; winner in bold."""
+    from rich import box
+
+    from capaug.classifier.report import plus_minus
+
+    settings = result["settings"]
+    best = result["best_classic"]
+    table = Table(title=f"downstream: {settings['model']}, {settings['seeds']} seed(s), real test split, mean ± std",
+                  caption="Δ: per-seed difference in balanced accuracy; full table in report.md",
+                  box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    table.add_column("arm", no_wrap=True)
+    table.add_column("images", justify="right", no_wrap=True)
+    for label in (*TABLE_METRICS.values(), "Δ vs real", f"Δ vs {best or 'classic'}"[:13]):
+        table.add_column(label, justify="right", no_wrap=True)
+    winner = result["verdict"]["winner"]
+    for name, arm in result["arms"].items():
+        diffs = [arm[key]["balanced_accuracy"] if arm[key] else None for key in ("vs_real", "vs_best_classic")]
+        table.add_row(name, str(arm["train_images"]),
+                      *(plus_minus(arm["summary"][m], compact=True) for m in TABLE_METRICS),
+                      *(plus_minus(d, signed=True, compact=True) if d else "" for d in diffs),
+                      style="bold green" if name == winner else None)
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    app.command("downstream")(downstream)
