@@ -20,7 +20,9 @@ def make_sampler(noise_scheduler, sampler: str):
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
     if sampler == "dpmsolver++":
-        return DPMSolverMultistepScheduler.from_config(noise_scheduler.config, algorithm_type="dpmsolver++")
+        # Pixel-space models need their x0 predictions kept in range, as DDIM and DDPM do with clip_sample.
+        return DPMSolverMultistepScheduler.from_config(noise_scheduler.config, algorithm_type="dpmsolver++",
+                                                       thresholding=True, sample_max_value=1.0)
     if sampler == "ddim":
         return DDIMScheduler.from_config(noise_scheduler.config)
     if sampler == "ddpm":

@@ -29,7 +29,7 @@ app = typer.Typer(
 )
 
 # Command modules, each with `register(app)`.
-COMMANDS = ["recipes_cmd", "train_cmd", "inspect_cmd", "data_cmd", "synthesize_cmd", "downstream_cmd", "evaluate_cmd", "analyze_cmd"]
+COMMANDS = ["recipes_cmd", "train_cmd", "inspect_cmd", "data_cmd", "synthesize_cmd", "downstream_cmd", "evaluate_cmd", "analyze_cmd", "quickstart_cmd"]
 
 for _name in COMMANDS:
     importlib.import_module(f"{__package__}.{_name}").register(app)

@@ -54,6 +54,11 @@ def downstream(
 
         result = run_downstream(run, cfg.downstream, parse_compare(compare), chosen, data_cfg=cfg.data,
                                 on_model=on_model)
+    print_summary(result, run)
+
+
+def print_summary(result: dict, run: Path) -> None:
+    """The arms table, the verdict line and where the report is."""
     console.print(summary_table(result))
     console.print(f"[bold]verdict:[/] {result['verdict']['text']}", highlight=False)
     console.print(f"report: {Path(run) / 'downstream' / 'report.md'}")
