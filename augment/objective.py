@@ -13,6 +13,7 @@ from torch import nn
 
 from .capacity import SplitGate, capacity_gate, capacity_layers, capacity_outside_up
 from .config import TrainConfig
+from .paired_dropout import PairedDropout
 from .losses import cbdm_loss, cbdm_pairs, class_weights, cm_loss, ddpm_loss, oc_loss, pixel_mean
 
 
@@ -70,6 +71,7 @@ class DiffusionObjective(nn.Module):
         self.register_buffer("label_prob", counts / counts.sum(), persistent=False)
         self.register_buffer("alphas_cumprod", noise_scheduler.alphas_cumprod.clone(), persistent=False)
         self.fast_path = cfg.method == "cm" and shares_encoder(unet)
+        self.dropout = PairedDropout(unet)
 
     def predict(self, x_t, t, labels, off, fast: bool | None = None):
         """(eps_on for every row, eps_off for the rows `off`), by the fast path or by two full passes."""
@@ -82,12 +84,12 @@ class DiffusionObjective(nn.Module):
             def doubled(z):
                 return torch.cat([z, z[off]])
 
-            with capacity_gate(self.unet, SplitGate(len(x_t))):
+            with capacity_gate(self.unet, SplitGate(len(x_t))), self.dropout.doubled(len(x_t), off):
                 eps = decode(self.unet, doubled(h), tuple(map(doubled, skips)), doubled(emb))
             return eps.split([len(x_t), len(off)])
-        with capacity_gate(self.unet, 1.0):
+        with capacity_gate(self.unet, 1.0), self.dropout.record():
             eps_on = self.unet(x_t, t, labels).sample
-        with capacity_gate(self.unet, 0.0):
+        with capacity_gate(self.unet, 0.0), self.dropout.replay(off):
             eps_off = self.unet(x_t[off], t[off], labels[off]).sample
         return eps_on, eps_off
 

@@ -98,3 +98,16 @@ def test_gradients_reach_theta_g_and_theta_e(targets):
     ((eps_on - eps_off) ** 2).mean().backward()
     for p in (term.A.weight, term.B.weight, up_conv.base.weight, down_weight):
         assert p.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_on_and_off_branches_share_dropout_masks(fast):
+    """With B = 0 the branches are the same model, so in train mode (dropout 0.1) they must agree exactly:
+    d measures theta_e, not two different dropout masks."""
+    obj = objective().train()
+    x0, labels = batch()
+    t, off = torch.randint(0, 1000, (8,)), torch.tensor([5, 1, 6])
+    eps_on, eps_off = obj.predict(x0, t, labels, off, fast=fast)
+    torch.testing.assert_close(eps_on[off], eps_off, atol=1e-5, rtol=0)
+    again, _ = obj.predict(x0, t, labels, off, fast=fast)
+    assert (again - eps_on).abs().max() > 1e-4  # dropout is really active: fresh masks every call
