@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import math
 import os
 import shutil
 import time
@@ -17,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-import numpy as np
 import torch
 import yaml
 

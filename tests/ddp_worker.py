@@ -5,7 +5,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from capaug.augment.devices import process_state
 
 from capaug.augment.pipeline import run_training

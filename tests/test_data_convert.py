@@ -64,3 +64,14 @@ def test_retinamnist_from_shared_data(shared_data, tmp_path):
     split = make_split(scan_source(tmp_path / "retina"), DataConfig())
     assert split.counts("train") == [486, 128, 206, 194, 66]
     assert split.counts("val") == [54, 12, 28, 20, 6] and split.counts("test") == [174, 46, 92, 68, 20]
+
+
+def test_cifar10_lt_from_shared_data(shared_data, tmp_path):
+    """The real CIFAR-10 JPEG tree made long-tailed at ratio 100: 5000 ... 50, 12,406 training images."""
+    import tarfile
+
+    with tarfile.open(shared_data / "cifar10-jpeg.tar.gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    counts = make_long_tailed(tmp_path / "CIFAR-10-images", 100, tmp_path / "cifar10-lt")
+    assert list(counts["train"].values()) == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    assert sum(counts["train"].values()) == 12406 and sum(counts["test"].values()) == 10000
