@@ -24,7 +24,6 @@ from .genmetrics import grouped_rates, grouped_set_metrics
 from .io import save_figure, write_json
 
 FORMAT = "capaug-eval/1"
-REFERENCE = "reference_classifier.safetensors"
 NOTES = [
     "fid, kid and precision/recall compare each class's synthetic images with its real training images; "
     "with few images per class these are noisy and FID is biased upward: read them with n_real and n_fake",
@@ -48,19 +47,6 @@ class ModelView:
     def __call__(self, images: list[np.ndarray]) -> np.ndarray:
         views = [((self.transform(im) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy() for im in images]
         return np.stack(views) if views else np.zeros(self.shape, np.uint8)
-
-
-def reference_classifier(run_dir: Path, split, cfg: DownstreamConfig, seed: int = 0, device=None):
-    """`RUN/eval/reference_classifier.safetensors` when it was trained on this split, else train and save it."""
-    from capaug.classifier.checkpoint import load_classifier
-    from capaug.classifier.reference import train_reference
-
-    path = run_dir / "eval" / REFERENCE
-    if path.is_file():
-        bundle = load_classifier(path, device or "cpu")
-        if bundle.info.extra.get("split_hash") == split.hash:
-            return bundle
-    return train_reference(split, cfg, path, seed=seed)
 
 
 def classification_accuracy_score(split, synthetic, cfg: DownstreamConfig, groups: dict[str, str], seed: int = 0) -> dict:
@@ -113,6 +99,7 @@ def evaluate_run(
     import torch
     import yaml
     from capaug.classifier.data import FolderReader, load_synthetic_set
+    from capaug.classifier.reference import reference_for_run
 
     from .audit import pixel_distances
     from .features import load_features
@@ -136,7 +123,7 @@ def evaluate_run(
 
     report(f"features: {features}")
     extract = load_features(features, device=device,
-                            reference=lambda: reference_classifier(run_dir, split, downstream, seed, device))
+                            reference=lambda: reference_for_run(run_dir, split, downstream, seed, device))
     view, real_reader, fake_reader = ModelView(info.image_size, info.channels), split.reader(), FolderReader(synthetic.folder, split.mode)
     real, fake, near_copies, made = {}, {}, {}, {}
     for label, name in enumerate(split.classes):

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from capaug.augment.config import Recipe
-from capaug.augment.evaluate import REFERENCE, evaluate_run
+from capaug.augment.evaluate import evaluate_run
+from capaug.classifier.reference import REFERENCE
 from capaug.augment.io import write_json, write_text
 from capaug.augment.pipeline import run_training
 from capaug.augment.split import load_split

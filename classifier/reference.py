@@ -12,9 +12,11 @@ from pathlib import Path
 from capaug.augment.config import DownstreamConfig
 from capaug.augment.split import Split
 
-from .checkpoint import ClassifierBundle, save_classifier
+from .checkpoint import ClassifierBundle, load_classifier, save_classifier
 from .experiment import Experiment
 from .losses import make_loss
+
+REFERENCE = "reference_classifier.safetensors"
 
 
 def train_reference(split: Split, cfg: DownstreamConfig, out_path: str | Path, seed: int = 0) -> ClassifierBundle:
@@ -26,3 +28,13 @@ def train_reference(split: Split, cfg: DownstreamConfig, out_path: str | Path, s
                            val_balanced_accuracy=trained.val_balanced_accuracy)
     save_classifier(out_path, trained.model, info)
     return ClassifierBundle(trained.model, info, experiment.accelerator.device)
+
+
+def reference_for_run(run_dir: str | Path, split: Split, cfg: DownstreamConfig, seed: int = 0, device=None):
+    """`RUN/eval/reference_classifier.safetensors` when it was trained on this split, else train and save it."""
+    path = Path(run_dir) / "eval" / REFERENCE
+    if path.is_file():
+        bundle = load_classifier(path, device or "cpu")
+        if bundle.info.extra.get("split_hash") == split.hash:
+            return bundle
+    return train_reference(split, cfg, path, seed=seed)

@@ -27,7 +27,7 @@ def synthesize(
     seed: Optional[int] = typer.Option(None, help="Base seed; image i of class c uses a seed derived from (seed, c, i)."),
     resize: Optional[bool] = typer.Option(None, "--resize/--no-resize", help="Save at the data's size instead of the model's."),
     drop_near_copies: Optional[float] = typer.Option(None, "--drop-near-copies", help="Drop and replace images within this RMS pixel distance of a training image."),
-    filter_classifier: Optional[Path] = typer.Option(None, "--filter-classifier", help="Classifier (trained on the real training split) for the confidence filter."),
+    filter_classifier: Optional[str] = typer.Option(None, "--filter-classifier", help="Classifier trained on the real training split, for the confidence filter: a file, or 'auto' (with --run: train or reuse RUN/eval/reference_classifier.safetensors)."),
     filter_confidence: Optional[float] = typer.Option(None, "--filter-confidence", help="Drop images the classifier gives to another class above this confidence."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the output's earlier images and start again."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit."),
@@ -43,12 +43,20 @@ def synthesize(
         "synthesize.resize": resize, "synthesize.near_copy_threshold": drop_near_copies,
         "synthesize.filter_confidence": filter_confidence,
     }
-    cfg = recipe_with(recipe, sets, **options).synthesize
+    settings = recipe_with(recipe, sets, **options)
+    cfg = settings.synthesize
     from capaug.augment.split import load_split
     from capaug.augment.devices import process_state
     from capaug.augment.synthesize import synthesize as run_synthesis
 
     split = load_split(run) if run is not None else None
+    if filter_classifier == "auto":
+        if split is None:
+            raise CapaugError("--filter-classifier auto needs --run (the classifier trains on the run's split)")
+        from capaug.classifier.reference import reference_for_run
+
+        with console.status("training the reference classifier on the real training split"):
+            filter_classifier = reference_for_run(run, split, settings.downstream)
     model = model or run / "diffusion" / "model"
     out = out or run / "synthetic"
     main = process_state().is_main_process

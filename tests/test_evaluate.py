@@ -11,7 +11,8 @@ from PIL import Image
 
 from capaug.augment.config import DataConfig, DownstreamConfig
 from capaug.augment.errors import CapaugError
-from capaug.augment.evaluate import REFERENCE, evaluate_run
+from capaug.augment.evaluate import evaluate_run
+from capaug.classifier.reference import REFERENCE
 from capaug.augment.features import load_features
 from capaug.augment.model_io import ModelInfo, save_diffusion_model
 from capaug.augment.split import prepare_split

@@ -272,6 +272,18 @@ def test_cli_dry_run_and_errors(run, tmp_path):
     assert len([line for line in bad.stderr.splitlines() if line.strip()]) == 1
 
 
+def test_cli_filter_classifier_auto_trains_and_reuses_the_reference(run, tmp_path):
+    tiny = ["--set", "downstream.model=resnet10t", "--set", "downstream.epochs=1", "--set", "downstream.image_size=16"]
+    out = capaug("synthesize", "--run", str(run[0]), "--out", str(tmp_path / "synthetic"), "--steps", "2",
+                 "--filter-classifier", "auto", *tiny)
+    assert out.returncode == 0, out.stderr
+    reference = run[0] / "eval" / "reference_classifier.safetensors"
+    assert reference.is_file()
+    assert "classifier" in json.loads((tmp_path / "synthetic" / "plan.json").read_text())["settings"]
+    bad = capaug("synthesize", "--model", str(model(run)), "--out", str(tmp_path / "o"), "--filter-classifier", "auto")
+    assert bad.returncode == 2 and "needs --run" in bad.stderr
+
+
 @pytest.mark.slow
 def test_two_processes_share_the_plan(run, reference, tmp_path):
     out = tmp_path / "synthetic"
