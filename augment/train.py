@@ -7,6 +7,7 @@ of (seed, step), which makes `--resume` exact without saving loader state.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import os
@@ -21,7 +22,7 @@ import yaml
 
 from .config import DataConfig, TrainConfig
 from .errors import CapaugError
-from .io import atomic_path, write_json, write_yaml, save_image
+from .io import atomic_path, write_json, write_yaml
 from .model_io import ModelInfo, save_diffusion_model
 from .split import Split
 
@@ -336,10 +337,8 @@ def train(
     model_dir = out / "model"
     if accelerator.is_main_process:
         trained = unet_of(objective, accelerator)
-        ema.store(trainable)
-        ema.copy_to(trainable)
-        folded = fold_copy(trained)
-        ema.restore(trainable)
+        with ema_weights(ema, trainable):
+            folded = fold_copy(trained)
         info = ModelInfo(classes=classes, train_counts=counts, split_hash=split.hash, image_size=image_size,
                          channels=channels, method=cfg.method, base_loss=cfg.base_loss, step=step)
         save_diffusion_model(folded, scheduler, info, model_dir)
@@ -354,31 +353,30 @@ def unet_of(objective, accelerator):
     return getattr(module, "_orig_mod", module).unet
 
 
+@contextlib.contextmanager
+def ema_weights(ema, params):
+    """Within the block `params` hold their EMA values; the training values come back afterwards."""
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
+
+
 @torch.no_grad()
 def _sample_grid(accelerator, unet, scheduler, ema, trainable, classes: list[str], path: Path, per_class: int = 8) -> None:
     """EMA samples, one row per class, fixed seeds (so grids of successive steps are comparable)."""
     if not accelerator.is_main_process:
         return
-    from torchvision.utils import make_grid
-    from PIL import Image
-
+    from .grids import save_grid
     from .sampling import generate
 
     labels = [c for c in range(len(classes)) for _ in range(per_class)]
-    seeds = list(range(len(labels)))
-    was_training = unet.training
-    ema.store(trainable)
-    ema.copy_to(trainable)
-    unet.eval()
-    try:
-        images = generate(unet, scheduler, labels, seeds, sampler="dpmsolver++", steps=25,
+    with ema_weights(ema, trainable):
+        images = generate(unet, scheduler, labels, list(range(len(labels))), sampler="dpmsolver++", steps=25,
                           guidance=1.0, null_class=len(classes), device=accelerator.device)
-    finally:
-        ema.restore(trainable)
-        unet.train(was_training)
-    grid = make_grid(torch.from_numpy(images).permute(0, 3, 1, 2), nrow=per_class, padding=1, pad_value=255)
-    array = grid.permute(1, 2, 0).numpy()
-    save_image(path, Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array))
+    save_grid(path, list(images.reshape(len(classes), per_class, *images.shape[1:])), pad=1)
 
 
 # --------------------------------------------------------------------------- analysis access
