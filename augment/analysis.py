@@ -18,8 +18,10 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .capacity import CAPACITY_METHODS
 from .errors import CapaugError
 from .io import save_figure, write_json
+from .runlock import locks_run
 
 DEFAULT_PRUNE_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.5)
 GROUPS = ("many", "medium", "few")
@@ -143,6 +145,7 @@ def _by_fraction(values: dict) -> dict:
     return {str(f): _floats(v) for f, v in values.items()}
 
 
+@locks_run("analyze capacity")
 def analyze_capacity(
     run_dir: str | Path,
     prune_fractions: Sequence[float] = DEFAULT_PRUNE_FRACTIONS,
@@ -183,8 +186,8 @@ def analyze_capacity(
                           f"not the run's split {split.hash[:12]} (mismatched split)")
     pruning = pruning_sensitivity(folded, noise_scheduler, probe, num_classes, fractions, batch_size)
     split_result = None
-    if saved["train"]["method"] == "cm":
-        from .train import load_capacity_model
+    if saved["train"]["method"] in CAPACITY_METHODS:
+        from .model_io import load_capacity_model
 
         unet, _, _ = load_capacity_model(run_dir)
         split_result = capacity_split(unet.to(device), noise_scheduler, probe, num_classes, batch_size)

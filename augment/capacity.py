@@ -4,6 +4,7 @@ A targeted layer computes `W x + B A x` (DESIGN.md, The CM method): A maps c_in 
 padding and dilation (Kaiming-uniform), B maps r -> c_out (1x1, zero), r = max(1, floor(rho * min(c_in, c_out))),
 no scaling. Because B is 1x1 the term is a change of weight, `B A x = conv(x, reshape(B A))`, so a layer runs one
 conv with `W + reshape(B A)` (no extra small convs) and `fold_capacity` writes that weight back into a plain module.
+Under autocast the terms run apart from W and in float32 instead (a bf16 `W + B A` rounds a small B A away).
 
 Sets: `expert` is gated (on = theta_g + theta_e, off = theta_g alone); in the LoRA variant a `general` set is
 always on. The gate is a float for the whole batch, an (N,) tensor per sample, or `SplitGate(n)` (rows [:n] on,
@@ -24,6 +25,7 @@ from torch import nn
 from .errors import CapaugError
 
 EXPERT = "expert"
+CAPACITY_METHODS = ("cm", "lowrank")  # training methods whose UNet carries the terms; lowrank trains them without L_CM
 TARGET_GROUPS = {
     "up": ("up_blocks.*.resnets.*.conv1", "up_blocks.*.resnets.*.conv2", "up_blocks.*.upsamplers.*.conv"),
     "mid": ("mid_block.resnets.*.conv1", "mid_block.resnets.*.conv2"),
@@ -84,6 +86,8 @@ class CapacityLayer(nn.Module):
         return F.conv2d(x, weight, b.bias, b.stride, b.padding, b.dilation)
 
     def forward(self, x):
+        if torch.is_autocast_enabled(x.device.type):
+            return self._forward_separate(x)
         weight = self.base.weight
         for name, term in self.terms.items():
             if name != EXPERT:
@@ -98,6 +102,23 @@ class CapacityLayer(nn.Module):
             out = self._run(x, weight)
             return out + gate.view(-1, *[1] * (x.dim() - 1)).to(out.dtype) * expert(x)
         return self._run(x, weight + gate * expert.delta() if gate else weight)
+
+    def _forward_separate(self, x):
+        """Under autocast: W x in low precision, each B A x in float32, summed in float32. A merged low-precision
+        `W + B A` would round away a small B A (bf16 keeps 8 bits), and with it theta_e's effect."""
+        out = self._run(x, self.base.weight).float()
+        with torch.autocast(x.device.type, enabled=False):
+            x32 = x.float()
+            for name, term in self.terms.items():
+                gate = 1.0 if name != EXPERT else self.gate
+                if isinstance(gate, SplitGate):
+                    on, off = out.split([gate.on, len(x) - gate.on])
+                    out = torch.cat([on + term(x32[: gate.on]), off])
+                elif isinstance(gate, torch.Tensor):
+                    out = out + gate.view(-1, *[1] * (x.dim() - 1)).float() * term(x32)
+                elif gate:
+                    out = out + gate * term(x32)
+        return out
 
 
 def capacity_layers(unet: nn.Module) -> dict[str, CapacityLayer]:

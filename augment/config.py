@@ -6,23 +6,54 @@ of a silently ignored setting.
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DataConfig(Strict):
-    """How the input is split and grouped (DESIGN.md, Data)."""
+def intensity_window(rule: str) -> Optional[tuple[float, float]]:
+    """The fixed (LOW, HIGH) window of a `data.intensity` rule, or None for "minmax"; ValueError when malformed."""
+    if rule == "minmax":
+        return None
+    kind, _, bounds = rule.partition(":")
+    try:
+        low, high = (float(v) for v in bounds.split(","))
+    except ValueError:
+        low = high = float("nan")
+    if kind != "window" or not low < high or math.inf in (abs(low), abs(high)):
+        raise ValueError(f"intensity must be 'minmax' or 'window:LOW,HIGH' with finite LOW < HIGH, got {rule!r}")
+    return low, high
 
-    val_fraction: float = Field(0.1, ge=0, lt=1)
+
+class DataConfig(Strict):
+    """How the input is read, split and grouped (DESIGN.md, Data)."""
+
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="downstream selects its models on val, so it cannot be 0")
     test_fraction: float = Field(0.2, gt=0, lt=1)
     split_seed: int = 0
     many_threshold: int = Field(100, description="more training images than this: Many")
     few_threshold: int = Field(20, description="fewer training images than this: Few")
+    intensity: str = Field("minmax", description="images deeper than 8 bits to 0..255: 'minmax' per image or 'window:LOW,HIGH'")
+    duplicates: Literal["error", "drop-eval"] = Field(
+        "error", description="test images with a training image's pixels: stop, or drop them (and such val images) from evaluation"
+    )
+
+    @field_validator("intensity")
+    @classmethod
+    def _intensity_rule(cls, v: str) -> str:
+        intensity_window(v)
+        return v
+
+    @model_validator(mode="after")
+    def _train_left(self):
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"val_fraction + test_fraction must be below 1, got {self.val_fraction} + {self.test_fraction}")
+        return self
 
 
 class UNetConfig(Strict):
@@ -47,18 +78,20 @@ class UNetConfig(Strict):
 class TrainConfig(Strict):
     """`capaug train`: the CM method of DESIGN.md and its training loop."""
 
-    method: Literal["cm", "plain"] = "cm"
+    method: Literal["cm", "lowrank", "plain"] = Field("cm", description="lowrank: the low-rank terms without L_CM (ablation)")
     base_loss: Literal["ddpm", "cbdm", "oc"] = "ddpm"
     rho: float = Field(0.1, gt=0, le=1)
     targets: list[str] = ["up"]
     lambda_con: float = 1.0
-    lambda_div: float = 0.2
+    lambda_div: float | Literal["auto"] = Field(0.2, description="auto: N* between the Few and Medium groups")
     cm_fraction: float = Field(1.0, gt=0, le=1)
     cbdm_tau: float = 1.0
     cbdm_gamma: float = 0.25
     p_uncond: float = Field(0.1, ge=0, lt=1)
-    image_size: int = Field(32, ge=8)
+    image_size: int = Field(32, ge=8, description="any size the UNet halves cleanly: divisible by 2^(levels - 1)")
     unet: UNetConfig = UNetConfig()
+    loss_weighting: Literal["none", "min_snr"] = "none"
+    snr_gamma: float = Field(5.0, gt=0, description="min_snr: w(t) = min(SNR, gamma) / SNR")
     num_train_timesteps: int = 1000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
     steps: int = Field(20000, ge=1)
@@ -75,11 +108,29 @@ class TrainConfig(Strict):
     channels_last: Literal["auto", "yes", "no"] = "auto"
     compile: bool = False
     hflip: bool = False
-    num_workers: int = 0
-    log_every: int = 10
-    sample_every: int = 1000
-    checkpoint_every: int = 1000
+    num_workers: int = Field(0, ge=0)
+    log_every: int = Field(10, ge=1)
+    sample_every: int = Field(1000, ge=1, description="the last step always gets a grid; a large value: only that one")
+    checkpoint_every: int = Field(1000, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
+
+    @field_validator("lambda_div", mode="before")
+    @classmethod
+    def _number_or_auto(cls, v):
+        if v == "auto":
+            return v
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"lambda_div must be a number or 'auto', got {v!r}") from None
+
+    @model_validator(mode="after")
+    def _unet_fits_image(self):
+        factor = 2 ** (len(self.unet.block_out_channels) - 1)
+        if self.image_size % factor:
+            raise ValueError(f"image_size {self.image_size} must be divisible by {factor}: a UNet with "
+                             f"{len(self.unet.block_out_channels)} levels halves it {factor.bit_length() - 1} times")
+        return self
 
 
 class SynthesisConfig(Strict):
@@ -104,12 +155,16 @@ class DownstreamConfig(Strict):
     pretrained: bool = False
     weights: Optional[str] = None
     image_size: Optional[int] = None
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(30, ge=1, description="budget in epochs of the real training split: epochs x ceil(n_real / batch) steps per model")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = 0.05
-    seeds: int = Field(3, ge=1)
+    seeds: Optional[int] = Field(None, ge=1, description="default: 5 for a classifier input <= 64 px, else 3")
     arms: list[str] = ["real", "reweight", "oversample", "synthetic"]
+    tune: bool = Field(False, description="add the arm `tuned`: the tune_grid setting with the best mean val score")
+    tune_grid: list[str] = ["synthetic", "synthetic[w=0.5]", "synthetic+la", "synthetic+la[w=0.5]",
+                            "synthetic+la+filter", "synthetic+la+crt"]
+    bootstrap: int = Field(1000, ge=0, description="test-image bootstrap resamples per paired difference")
     reweight: Literal["class-balanced", "logit-adjusted"] = "logit-adjusted"
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     num_workers: int = 0

@@ -1,6 +1,7 @@
 """The `capaug data` conversions: a MedMNIST npz to a pre-split folder tree, and a balanced tree to a long tail.
 
-Both write their output folder atomically (`io.atomic_dir`): it appears complete or not at all.
+Both write their output folder atomically (`io.atomic_dir`): it appears complete or not at all. The output
+never equals, lies inside or contains the input, and `overwrite` replaces only a folder capaug wrote.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from .errors import CapaugError
-from .io import atomic_dir, ensure_outside
+from .io import atomic_dir, check_output, check_replaceable
 from .sources import SPLITS, load_npz, scan_source
 
 
@@ -28,11 +29,12 @@ def npz_to_folder(npz_path: str | os.PathLike, out: str | os.PathLike, overwrite
     npz_path = Path(npz_path)
     if not npz_path.is_file():
         raise CapaugError(f"npz file {npz_path} does not exist")
-    _check_new_output(out, overwrite)
+    check_output(out, [npz_path])
+    check_replaceable(out, overwrite)
     arrays = load_npz(npz_path)
     num_classes = 1 + max(int(arrays[f"{part}_labels"].max(initial=0)) for part in SPLITS)
     counts = {}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "data from-npz") as tmp:
         for part in SPLITS:
             labels = arrays[f"{part}_labels"].reshape(-1)
             for k in range(num_classes):
@@ -51,13 +53,13 @@ def make_long_tailed(
     This is how CIFAR-10-LT is made: ratio 100 on the balanced CIFAR-10 tree keeps 5000 ... 50 training images.
     Returns split -> class -> count of the output.
     """
-    if ratio < 1:
-        raise CapaugError(f"--ratio must be at least 1 (the largest over the smallest class), got {ratio}")
+    if not (math.isfinite(ratio) and ratio >= 1):
+        raise CapaugError(f"--ratio must be a finite number of at least 1 (the largest over the smallest class), got {ratio}")
+    check_output(out, [data])
+    check_replaceable(out, overwrite)
     catalog = scan_source(data)
     if catalog.source["kind"] not in ("folder", "presplit"):
         raise CapaugError("make-lt needs an image folder tree; convert an npz first with `capaug data from-npz`")
-    ensure_outside(out, catalog.root)
-    _check_new_output(out, overwrite)
     train = [(key, label) for key, label, split in catalog.items if split in (None, "train")]
     available = Counter(label for _, label in train)
     keep = long_tail_counts(min(available.values()), ratio, len(catalog.classes))
@@ -68,18 +70,10 @@ def make_long_tailed(
             taken[label] += 1
             chosen.append((key, label, "train"))
     chosen += [item for item in catalog.items if item[2] in ("val", "test")]
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "data make-lt") as tmp:
         for key, _, _ in chosen:
             (tmp / key).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(catalog.root / key, tmp / key)
     written = Counter((split, label) for _, label, split in chosen)
     parts = sorted({split for split, _ in written}, key=SPLITS.index)
     return {part: {name: written[part, k] for k, name in enumerate(catalog.classes)} for part in parts}
-
-
-def _check_new_output(out: str | os.PathLike, overwrite: bool) -> None:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise CapaugError(f"output {out} is a file; choose a folder path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise CapaugError(f"output folder {out} already exists and is not empty; choose another path or pass --overwrite")

@@ -22,6 +22,7 @@ from .config import DataConfig, DownstreamConfig, SynthesisConfig
 from .errors import CapaugError
 from .genmetrics import grouped_rates, grouped_set_metrics
 from .io import save_figure, write_json
+from .runlock import locks_run
 
 FORMAT = "capaug-eval/1"
 NOTES = [
@@ -75,6 +76,7 @@ def classification_accuracy_score(split, synthetic, cfg: DownstreamConfig, group
                     "val_balanced_accuracy": trained.val_balanced_accuracy}
 
 
+@locks_run("evaluate")
 def evaluate_run(
     run_dir: str | Path,
     *,

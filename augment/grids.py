@@ -1,11 +1,13 @@
 """Image grids with one row per entry (a class, or real vs synthetic rows of a class), for quick visual checks.
 
 Rows may hold different numbers of images and mix grey and colour images; short rows are left blank at the
-end so columns stay aligned.
+end so columns stay aligned. Saved grids enlarge small images (nearest neighbour, whole pixels) so that a 16 or
+28 px sample can be judged by eye.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -32,5 +34,11 @@ def image_grid(rows: Sequence[np.ndarray], pad: int = 2, background: int = 255) 
     return Image.fromarray(grid[..., 0] if channels == 1 else grid)
 
 
-def save_grid(path: str | Path, rows: Sequence[np.ndarray], pad: int = 2) -> None:
-    save_image(path, image_grid(rows, pad))
+def upscale(rows: Sequence[np.ndarray], min_cell: int) -> list[np.ndarray]:
+    """Repeat every pixel k times (the smallest whole k that makes each image at least `min_cell` px a side)."""
+    k = max(1, math.ceil(min_cell / min(rows[0].shape[1:3]))) if rows else 1
+    return [r.repeat(k, axis=1).repeat(k, axis=2) for r in rows]
+
+
+def save_grid(path: str | Path, rows: Sequence[np.ndarray], pad: int = 2, min_cell: int = 64) -> None:
+    save_image(path, image_grid(upscale(rows, min_cell), pad))

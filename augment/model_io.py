@@ -85,3 +85,43 @@ def load_diffusion_model(folder: str | Path, device="cpu"):
     unet = UNet2DModel.from_pretrained(folder).to(device).eval()
     scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
     return unet, scheduler, info
+
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrap the saved module under these names
+
+
+def unwrapped_key(key: str) -> str:
+    """`module._orig_mod.unet.conv_in.weight` -> `unet.conv_in.weight`."""
+    while key.startswith(WRAPPER_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
+
+
+def load_capacity_model(run_dir: str | Path, use_ema: bool = True):
+    """The last training checkpoint's UNet with its capacity terms still separate (theta_g and theta_e apart),
+    for analyses; checkpoints written under DDP or torch.compile load too.
+
+    Returns (unet in eval mode, noise scheduler, config dict from RUN/diffusion/config.yaml).
+    """
+    import torch
+    import yaml
+    from safetensors.torch import load_file
+
+    from .config import TrainConfig
+    from .train import build_model, checkpoint_dirs, noise_schedule
+
+    run_dir = Path(run_dir)
+    found = checkpoint_dirs(run_dir)
+    if not found:
+        raise CapaugError(f"no training checkpoint in {run_dir / 'diffusion' / 'checkpoints'}")
+    saved = yaml.safe_load((run_dir / "diffusion" / "config.yaml").read_text())
+    cfg = TrainConfig.model_validate(saved["train"])
+    unet = build_model(cfg, len(saved["classes"]), saved["channels"], saved.get("from_pretrained"))
+    state = {unwrapped_key(k): v for k, v in load_file(str(found[-1] / "model.safetensors")).items()}
+    unet.load_state_dict({k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")})
+    if use_ema:
+        ema_state = torch.load(found[-1] / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=False)
+        trainable = [p for p in unet.parameters() if p.requires_grad]
+        for p, shadow in zip(trainable, ema_state["shadow_params"]):
+            p.data.copy_(shadow)
+    return unet.eval(), noise_schedule(cfg), saved

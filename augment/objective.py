@@ -3,6 +3,11 @@
 The efficient CM step: with low-rank terms only in the up path, the on and off branches share everything before
 it, so `encode` (embeddings, conv_in, down, mid) runs once and `decode` (up path, conv_norm_out/act, conv_out) runs
 once on the doubled batch [every sample, gate on ; the cm_fraction subset, gate off]. Otherwise two full passes.
+
+Precision: d is a difference of two nearly equal predictions (|eps_on - eps_off| ~ 1e-3), and rounding both to
+bf16 near 1 makes d rounding noise (about ulp x |eps_on - eps_off| instead of its square). So under autocast the
+part where the branches differ (the up path on the fast path, the whole UNet otherwise) runs in float32; the
+shared down/mid path keeps the autocast precision.
 `encode` + `decode` follow `diffusers.UNet2DModel.forward` for the UNets `unet.build_unet` makes.
 """
 
@@ -11,10 +16,37 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .capacity import SplitGate, capacity_gate, capacity_layers, capacity_outside_up
+from .capacity import CAPACITY_METHODS, SplitGate, capacity_gate, capacity_layers, capacity_outside_up
 from .config import TrainConfig
 from .paired_dropout import PairedDropout
-from .losses import cbdm_loss, cbdm_pairs, class_weights, cm_loss, ddpm_loss, oc_loss, pixel_mean
+from .losses import (
+    auto_lambda_div,
+    cbdm_loss,
+    cbdm_pairs,
+    class_weights,
+    cm_loss,
+    ddpm_loss,
+    min_snr_weights,
+    oc_loss,
+    pixel_mean,
+)
+from .stats import class_stats
+
+
+def resolve_lambda_div(cfg: TrainConfig, train_counts, groups=None) -> float:
+    """The number `lambda_div: auto` stands for (losses.auto_lambda_div), or the configured value.
+    `groups`: the split's Many/Medium/Few per class (default: stats.class_stats with its default thresholds)."""
+    if cfg.lambda_div != "auto":
+        return float(cfg.lambda_div)
+    if groups is None:
+        groups = class_stats([str(k) for k in range(len(train_counts))], list(train_counts)).groups
+    return auto_lambda_div(train_counts, groups, cfg.lambda_con)
+
+
+def full_precision(device_type: str):
+    """Autocast off: what runs inside computes in the tensors' own (float32) precision."""
+    return torch.autocast(device_type, enabled=False)
+
 
 
 def shares_encoder(unet) -> bool:
@@ -54,15 +86,17 @@ def decode(unet, h, skips, emb):
 
 class DiffusionObjective(nn.Module):
     """forward(x0, labels) -> dict(loss, loss_base, loss_cm, d); t, noise, label dropout and the cm_fraction subset
-    come from torch's global RNG on x0's device. `fast_path` says whether the CM step shares the down/mid path."""
+    come from torch's global RNG on x0's device. `fast_path` says whether the CM step shares the down/mid path;
+    `lambda_div` is the resolved number (`auto` -> resolve_lambda_div with the split's `groups`)."""
 
-    def __init__(self, unet, noise_scheduler, cfg: TrainConfig, train_counts):
+    def __init__(self, unet, noise_scheduler, cfg: TrainConfig, train_counts, groups=None):
         super().__init__()
         if noise_scheduler.config.prediction_type != "epsilon":
             raise ValueError("DiffusionObjective trains epsilon prediction")
-        if cfg.method == "cm" and not capacity_layers(unet):
-            raise ValueError("method 'cm' needs capacity terms: call capacity.add_capacity(unet, ...) first")
+        if cfg.method in CAPACITY_METHODS and not capacity_layers(unet):
+            raise ValueError(f"method {cfg.method!r} needs capacity terms: call capacity.add_capacity(unet, ...) first")
         self.unet, self.noise_scheduler, self.cfg = unet, noise_scheduler, cfg
+        self.lambda_div = resolve_lambda_div(cfg, train_counts, groups)
         self.num_classes = len(train_counts)
         w_con, w_div = class_weights(train_counts)
         counts = torch.as_tensor(train_counts, dtype=torch.float32)
@@ -70,7 +104,7 @@ class DiffusionObjective(nn.Module):
         self.register_buffer("w_div", w_div, persistent=False)
         self.register_buffer("label_prob", counts / counts.sum(), persistent=False)
         self.register_buffer("alphas_cumprod", noise_scheduler.alphas_cumprod.clone(), persistent=False)
-        self.fast_path = cfg.method == "cm" and shares_encoder(unet)
+        self.fast_path = cfg.method == "cm" and shares_encoder(unet)  # lowrank trains the on branch only
         self.dropout = PairedDropout(unet)
 
     def predict(self, x_t, t, labels, off, fast: bool | None = None):
@@ -81,16 +115,18 @@ class DiffusionObjective(nn.Module):
                 raise ValueError("the fast CM path needs capacity terms in the up path only")
             h, skips, emb = encode(self.unet, x_t, t, labels)
 
-            def doubled(z):
-                return torch.cat([z, z[off]])
+            def doubled(z):  # float32 copies: the up path runs in full precision
+                return torch.cat([z, z[off]]).float()
 
-            with capacity_gate(self.unet, SplitGate(len(x_t))), self.dropout.doubled(len(x_t), off):
+            with capacity_gate(self.unet, SplitGate(len(x_t))), self.dropout.doubled(len(x_t), off), \
+                    full_precision(x_t.device.type):
                 eps = decode(self.unet, doubled(h), tuple(map(doubled, skips)), doubled(emb))
             return eps.split([len(x_t), len(off)])
-        with capacity_gate(self.unet, 1.0), self.dropout.record():
-            eps_on = self.unet(x_t, t, labels).sample
-        with capacity_gate(self.unet, 0.0), self.dropout.replay(off):
-            eps_off = self.unet(x_t[off], t[off], labels[off]).sample
+        with full_precision(x_t.device.type):
+            with capacity_gate(self.unet, 1.0), self.dropout.record():
+                eps_on = self.unet(x_t, t, labels).sample
+            with capacity_gate(self.unet, 0.0), self.dropout.replay(off):
+                eps_off = self.unet(x_t[off], t[off], labels[off]).sample
         return eps_on, eps_off
 
     def forward(self, x0, labels):
@@ -110,20 +146,25 @@ class DiffusionObjective(nn.Module):
         if cfg.method == "cm":
             off = torch.randperm(n, device=device)[: max(1, round(cfg.cm_fraction * n))]
             eps_in, eps_off = self.predict(x_in, t_in, y_in, off)
-            d_off = pixel_mean((eps_in[off] - eps_off) ** 2)
-            loss_cm = cm_loss(d_off, labels[off], self.w_con, self.w_div, cfg.lambda_con, cfg.lambda_div)
+            d_off = pixel_mean((eps_in[off].float() - eps_off.float()) ** 2)
+            loss_cm = cm_loss(d_off, labels[off], self.w_con, self.w_div, cfg.lambda_con, self.lambda_div)
             d[off] = d_off.detach()
         else:
             eps_in = self.unet(x_in, t_in, y_in).sample
             loss_cm = torch.zeros((), device=device)
         eps_on = eps_in[:n]
 
+        weights = None
+        if cfg.loss_weighting == "min_snr":
+            from diffusers.training_utils import compute_snr
+
+            weights = min_snr_weights(compute_snr(self.noise_scheduler, t), cfg.snr_gamma)
         if cfg.base_loss == "ddpm":
-            loss_base = ddpm_loss(eps_on, noise)
+            loss_base = ddpm_loss(eps_on, noise, weights)
         elif cfg.base_loss == "cbdm":
             T = self.noise_scheduler.config.num_train_timesteps
-            loss_base = cbdm_loss(eps_on, noise, eps_in[n:], labelled, t, T, cfg.cbdm_tau, cfg.cbdm_gamma)
+            loss_base = cbdm_loss(eps_on, noise, eps_in[n:], labelled, t, T, cfg.cbdm_tau, cfg.cbdm_gamma, weights)
         else:
-            loss_base = oc_loss(eps_on, x_t, x0, self.alphas_cumprod[t], self.label_prob[labels])
+            loss_base = oc_loss(eps_on, x_t, x0, self.alphas_cumprod[t], self.label_prob[labels], weights)
         loss = loss_base + loss_cm
         return dict(loss=loss, loss_base=loss_base.detach(), loss_cm=loss_cm.detach(), d=d)

@@ -6,6 +6,13 @@ with train/ and test/ but no val/ gets val = val_fraction / (1 - test_fraction) 
 by default, the 70:10 of 70/10/20) before any model sees it, so the diffusion model never trains on val images.
 An unsplit input is split per class: round(n * fraction) images to test and to val, at least one each, the rest
 (at least one) to train. `hash` is a sha256 of the canonical lists, so later stages can tell splits apart.
+
+Images with identical decoded pixels are found when the split is made (from the scan's pixel hashes) and kept
+as groups in `split.json`. A test image equal to a training image would make the test a training image:
+`prepare_split` (what `train` calls) stops on it, naming the remedy; `data.duplicates=drop-eval` drops such
+test and val images from evaluation, recorded in `dropped` (key, part, class, reason). Val images equal to
+training images, identical images under different classes, duplicates within a split and classes without
+val or test images are warnings (`Split.findings`).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import itertools
 import json
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -24,7 +31,7 @@ import numpy as np
 from .config import DataConfig
 from .errors import CapaugError
 from .io import ensure_outside, write_json
-from .sources import SPLITS, Catalog, ImageReader, scan_source, source_spec
+from .sources import SPLITS, Catalog, ImageReader, pixel_hash, scan_source, source_spec
 from .stats import ClassStats, class_stats
 
 FORMAT = "capaug-split/1"
@@ -45,6 +52,8 @@ class Split:
     fractions: dict[str, float]
     corrupt: list[str] = field(default_factory=list)
     hash: str = ""
+    duplicates: Optional[list[list[str]]] = None  # groups of keys with identical pixels; None: not yet known
+    dropped: list[dict] = field(default_factory=list)  # val/test images left out of evaluation: key, part, class, reason
 
     def __post_init__(self) -> None:
         self.hash = self.hash or content_hash(self.classes, self.train, self.val, self.test)
@@ -73,6 +82,9 @@ class Split:
             "thresholds": {"many": cfg.many_threshold, "few": cfg.few_threshold},
             "totals": {part: sum(c) for part, c in counts.items()},
             "corrupt": len(self.corrupt),
+            "missing": self.missing(),
+            "duplicates": self.duplicate_report(),
+            "dropped": self.dropped,
             "classes": [
                 {"class": name, **{part: counts[part][k] for part in SPLITS}, "share": stats.shares[k], "group": stats.groups[k]}
                 for k, name in enumerate(self.classes)
@@ -89,8 +101,90 @@ class Split:
             "fractions": self.fractions,
             "hash": self.hash,
             "corrupt": self.corrupt,
+            "duplicates": self.duplicates,
+            "dropped": self.dropped,
             **{part: [list(pair) for pair in getattr(self, part)] for part in SPLITS},
         }
+
+    def missing(self) -> dict[str, list[str]]:
+        """val/test -> the classes with no images there (their results are missing, not measured)."""
+        return {part: [c for c, n in zip(self.classes, self.counts(part)) if n == 0] for part in ("val", "test")}
+
+    def duplicate_report(self) -> dict[str, list[list[str]]]:
+        """The duplicate groups against the current lists (dropped images are gone): `test_in_train` and
+        `val_in_train` pairs [key, training key], `across_classes` groups with different labels, `other` groups."""
+        where = {key: (part, label) for part in SPLITS for key, label in getattr(self, part)}
+        report: dict[str, list[list[str]]] = {"test_in_train": [], "val_in_train": [], "across_classes": [], "other": []}
+        for group in self.duplicates or []:
+            members = [key for key in group if key in where]
+            train = [key for key in members if where[key][0] == "train"]
+            evaluated = [key for key in members if where[key][0] != "train"]
+            for key in evaluated if train else []:
+                report[f"{where[key][0]}_in_train"].append([key, train[0]])
+            if len({where[key][1] for key in members}) > 1:
+                report["across_classes"].append(members)
+            elif len(members) > 1 and not (train and evaluated):
+                report["other"].append(members)
+        return report
+
+    def check_duplicates(self) -> None:
+        """Refuse a split whose test holds training images (the remedy is in the line)."""
+        pairs = self.duplicate_report()["test_in_train"]
+        if pairs:
+            raise CapaugError(_pairs_line("test", pairs) + "; remove them from the data, or pass "
+                              "--set data.duplicates=drop-eval to drop them from evaluation (recorded in split.json)")
+
+    def findings(self) -> list[str]:
+        """One line per thing the user should know before training: duplicates, classes without val/test, drops."""
+        report, lines = self.duplicate_report(), []
+        for part in ("test", "val"):
+            if report[f"{part}_in_train"]:
+                lines.append(_pairs_line(part, report[f"{part}_in_train"]) + " (data.duplicates=drop-eval drops them from evaluation)")
+        label = {key: self.classes[y] for part in SPLITS for key, y in getattr(self, part)}
+        if report["across_classes"]:
+            example = " = ".join(f"{key} ({label[key]})" for key in report["across_classes"][0])
+            lines.append(f"{len(report['across_classes'])} group(s) of identical images carry different classes, e.g. {example}")
+        if report["other"]:
+            lines.append(f"{len(report['other'])} group(s) of identical images within a class, e.g. {' = '.join(report['other'][0])}")
+        for part, names in self.missing().items():
+            if names:
+                lines.append(f"class(es) {', '.join(names)} have no {part} images: their {part} results will be missing, not measured")
+        if self.dropped:
+            lines.append(f"{len(self.dropped)} val/test image(s) are left out of evaluation as duplicates of training images (listed in split.json)")
+        return lines
+
+
+def _pairs_line(part: str, pairs: list[list[str]]) -> str:
+    key, same_as = pairs[0]
+    return f"{len(pairs)} {part} image(s) have the same pixels as a training image, e.g. {_named(part, key)} = {_named('train', same_as)}"
+
+
+def _named(part: str, key: str) -> str:
+    """A key with its part, unless the key already starts with it (npz keys, pre-split trees)."""
+    return key if key.startswith(f"{part}/") else f"{part} {key}"
+
+
+def duplicate_groups(hashes: dict[str, str]) -> list[list[str]]:
+    """Keys grouped by pixel hash, only groups of two or more, sorted."""
+    by_hash: dict[str, list[str]] = {}
+    for key, digest in hashes.items():
+        by_hash.setdefault(digest, []).append(key)
+    return sorted(sorted(keys) for keys in by_hash.values() if len(keys) > 1)
+
+
+def apply_duplicate_policy(split: Split, cfg: DataConfig) -> Split:
+    """With `data.duplicates=drop-eval`, the split without its val/test images equal to training images."""
+    report = split.duplicate_report()
+    pairs = report["test_in_train"] + report["val_in_train"]
+    if cfg.duplicates != "drop-eval" or not pairs:
+        return split
+    same_as = dict(map(tuple, pairs))
+    dropped = [
+        {"key": key, "part": part, "class": split.classes[label], "reason": f"same pixels as training image {same_as[key]}"}
+        for part in ("val", "test") for key, label in getattr(split, part) if key in same_as
+    ]
+    kept = {part: [pair for pair in getattr(split, part) if pair[0] not in same_as] for part in ("val", "test")}
+    return replace(split, **kept, dropped=split.dropped + dropped, hash="")
 
 
 def content_hash(classes: list[str], train: list[Pair], val: list[Pair], test: list[Pair]) -> str:
@@ -123,7 +217,7 @@ def make_split(catalog: Catalog, cfg: DataConfig) -> Split:
             parts[part] += [(keys[i], label) for i in order[start : start + sizes[part]]]
             start += sizes[part]
         parts["train"] += [(keys[i], label) for i in order[start:]]
-    return Split(
+    split = Split(
         source=catalog.source,
         classes=catalog.classes,
         mode=catalog.mode,
@@ -131,11 +225,18 @@ def make_split(catalog: Catalog, cfg: DataConfig) -> Split:
         seed=cfg.split_seed,
         fractions=fractions,
         corrupt=catalog.corrupt,
+        duplicates=duplicate_groups(catalog.hashes),
     )
+    return apply_duplicate_policy(split, cfg)
 
 
-def prepare_split(data: Optional[str | os.PathLike], run_dir: Path, cfg: DataConfig) -> Split:
-    """The run's split: `RUN/split.json` if it exists (it must come from `data`), else scan, split and write it."""
+def prepare_split(data: Optional[str | os.PathLike], run_dir: Path, cfg: DataConfig, check: bool = True) -> Split:
+    """The run's split: `RUN/split.json` if it exists (it must come from `data`), else scan, split and write it.
+
+    With `check` (training), a test image equal to a training image stops here, before any model sees the
+    split (`inspect` passes False and lists it); the other findings are warnings. `data.duplicates=drop-eval`
+    also applies to an existing split.json, which is then rewritten without those images (a new split hash).
+    """
     run_dir = Path(run_dir)
     if data is not None:
         ensure_outside(run_dir, None if str(data).startswith("builtin:") else data)
@@ -145,16 +246,31 @@ def prepare_split(data: Optional[str | os.PathLike], run_dir: Path, cfg: DataCon
             raise CapaugError(
                 f"{run_dir / SPLIT_FILE} was made from {split.source['path']}, not {source_spec(data)} (mismatched split)"
             )
-        if (split.seed, split.fractions) != (cfg.split_seed, _fractions(cfg)):
+        own = (split.seed, split.fractions, split.source.get("intensity", "minmax"))
+        if own != (cfg.split_seed, _fractions(cfg), cfg.intensity):
             warnings.warn(
-                f"{run_dir / SPLIT_FILE} keeps its own seed and fractions; the data settings are not applied to it",
+                f"{run_dir / SPLIT_FILE} keeps its own seed, fractions and intensity rule; the data settings are not applied to it",
                 stacklevel=2,
             )
-        return split
-    if data is None:
+        if split.duplicates is None:  # a split.json from before duplicates were recorded
+            reader = split.reader()
+            keys = [key for part in SPLITS for key, _ in getattr(split, part)]
+            split.duplicates = duplicate_groups({key: pixel_hash(reader.read(key)) for key in keys})
+        dropped = apply_duplicate_policy(split, cfg)
+        if dropped is not split:
+            warnings.warn(f"{run_dir / SPLIT_FILE}: dropping duplicates of training images from val/test (data.duplicates="
+                          f"drop-eval); the split hash changes from {split.hash[:12]} to {dropped.hash[:12]}", stacklevel=2)
+            split = dropped
+            write_json(run_dir / SPLIT_FILE, split.to_json())
+    elif data is None:
         raise CapaugError(f"{run_dir} has no {SPLIT_FILE}; pass the data to make one")
-    split = make_split(scan_source(data), cfg)
-    write_json(run_dir / SPLIT_FILE, split.to_json())
+    else:
+        split = make_split(scan_source(data, cfg.intensity), cfg)
+        write_json(run_dir / SPLIT_FILE, split.to_json())
+    if check:
+        split.check_duplicates()
+        for line in split.findings():
+            warnings.warn(line, stacklevel=2)
     return split
 
 
@@ -176,6 +292,8 @@ def load_split(run_dir: Path) -> Split:
             seed=raw["seed"],
             fractions=raw["fractions"],
             corrupt=raw["corrupt"],
+            duplicates=raw.get("duplicates"),
+            dropped=raw.get("dropped", []),
         )
         recorded = raw["hash"]
     except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:
@@ -186,9 +304,7 @@ def load_split(run_dir: Path) -> Split:
 
 
 def _fractions(cfg: DataConfig) -> dict[str, float]:
-    train = round(1 - cfg.val_fraction - cfg.test_fraction, 10)
-    if train <= 0:
-        raise CapaugError(f"val_fraction + test_fraction must be below 1, got {cfg.val_fraction} + {cfg.test_fraction}")
+    train = round(1 - cfg.val_fraction - cfg.test_fraction, 10)  # above 0: DataConfig checks it
     return {"train": train, "val": cfg.val_fraction, "test": cfg.test_fraction}
 
 

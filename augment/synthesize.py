@@ -6,7 +6,12 @@ stopped, with neither duplicates nor gaps. Images dropped by a filter are kept u
 their indices are never reused; replacements take the next unused indices. Under `accelerate launch`, process
 r owns the indices i = r (mod world size), so shares never collide; the main process writes the manifest,
 audit and preview once every process is done. plan.json records the settings, and a rerun with different
-settings is refused unless `overwrite` starts again.
+settings is refused unless `overwrite` starts again; a higher target continues, a lower one is refused unless
+`keep_extra` keeps the images beyond it (listed in the manifest, counted in plan.json) or `overwrite`.
+
+The output folder is an output like any other (`io.claim_output_dir`): it never touches the model folder or the
+training data (the split's, or the one recorded in the model's `RUN/split.json`), carries capaug's marker, and
+`overwrite` removes only what synthesis wrote there. A writing run holds the run folder's lock (`runlock`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ import hashlib
 import io
 import json
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -31,6 +35,7 @@ from .devices import process_state
 from .errors import CapaugError
 from .grids import save_grid
 from .model_io import ModelInfo, file_hash, load_diffusion_model, read_model_info
+from .runlock import run_folder_of, run_lock
 from .targets import ClassPlan, plan_targets
 
 FORMAT = "capaug-synthetic/1"
@@ -38,6 +43,8 @@ MANIFEST_COLUMNS = ["file", "class", "seed", "sampler", "steps", "guidance", "mo
 AUDIT_COLUMNS = ["file", "class", "status", "distance", "nearest_train", "feature_distance"]
 REJECTED = ".rejected"
 NEAR_COPY, MISCLASSIFIED = "near-copy", "misclassified"
+OUTPUT_FILES = ["plan.json", "manifest.csv", "audit.csv", "preview.png", REJECTED]
+RESUMABLE = ("target",)  # settings a rerun may change: image i of a class is the same image whatever the target
 PREVIEW_PER_CLASS = 8
 MAX_REJECTED_PER_WANTED = 4  # give up on a class when filters reject this many images per image still wanted
 
@@ -83,6 +90,7 @@ def synthesize(
     split=None,
     classifier=None,
     overwrite: bool = False,
+    keep_extra: bool = False,
     dry_run: bool = False,
     device=None,
     on_progress: Optional[ProgressCallback] = None,
@@ -90,34 +98,47 @@ def synthesize(
     """Generate the images `cfg.target` asks for, resuming whatever an earlier call left in `out_dir`.
 
     `split` (a `split.Split`, the one the model was trained on) enables the memorization audit, near-copy
-    dropping, real rows in the preview, `cfg.resize` and the check that `out_dir` lies outside the data.
-    `classifier` (a path for `classifier.checkpoint.load_classifier`, or a loaded bundle) enables the
-    confidence filter and a feature-space audit column.
+    dropping, real rows in the preview and `cfg.resize`. `classifier` (a path for
+    `classifier.checkpoint.load_classifier`, or a loaded bundle) enables the confidence filter and a
+    feature-space audit column. `keep_extra` accepts a lowered target, keeping the images beyond it.
     """
     info, plan = plan_for(model_dir, cfg.target)
     out_dir = Path(out_dir)
     if split is not None:
         _check_split(split, info)
-        atomic.ensure_outside(out_dir, split.source.get("path"))
+    known = split if split is not None else _recorded_split(model_dir, info)
+    inputs = [model_dir, known.source.get("path") if known is not None else None]
+    atomic.check_output(out_dir, inputs)
     if dry_run:
         return SynthesisResult(out_dir, plan)
     if split is None and (cfg.near_copy_threshold is not None or cfg.resize):
         raise CapaugError("dropping near-copies and --resize need the training split: pass --run")
     state = process_state()
+    if state.is_main_process:
+        _adopt_unmarked(out_dir, info)
+    state.wait_for_everyone()
+    atomic.check_replaceable(out_dir, overwrite=overwrite, resume=not overwrite)  # every process refuses alike
+    with run_lock(run_folder_of(out_dir), "synthesize"):
+        return _synthesize(model_dir, out_dir, cfg, info, plan, inputs, split, classifier, overwrite, keep_extra,
+                           device, on_progress)
+
+
+def _synthesize(model_dir, out_dir, cfg, info, plan, inputs, split, classifier, overwrite, keep_extra, device,
+                on_progress) -> SynthesisResult:
+    """The writing part of `synthesize`, under the run lock."""
+    state = process_state()
     bundle, classifier_id = _classifier(classifier, info.classes, state.device)
     data_size = _data_size(split) if cfg.resize else None
     settings = _settings(cfg, info, data_size, classifier_id)
-    if not overwrite:
-        _check_resumable(out_dir, settings)
-    _refuse_foreign(out_dir)
+    run = _Run(out_dir, info, cfg, split, bundle, data_size, state.process_index, state.num_processes)
+    extra = {} if overwrite else _check_resumable(out_dir, settings, run, plan, keep_extra)
     state.wait_for_everyone()
     if state.is_main_process:
-        if overwrite and out_dir.exists():
-            shutil.rmtree(out_dir)
+        atomic.claim_output_dir(out_dir, "synthesize", inputs=inputs, overwrite=overwrite, resume=True,
+                                entries=_entries(info))
         atomic.write_json(out_dir / "plan.json", _plan_json(settings, plan, "running"))
     state.wait_for_everyone()
 
-    run = _Run(out_dir, info, cfg, split, bundle, data_size, state.process_index, state.num_processes)
     done_before = {p.name: run.indices(p) for p in plan}  # every process reads the same state before any writes
     state.wait_for_everyone()
     unet, scheduler, _ = load_diffusion_model(model_dir, device=device if device is not None else state.device)
@@ -128,7 +149,7 @@ def synthesize(
     state.wait_for_everyone()
     result = SynthesisResult(out_dir, plan, made)
     if state.is_main_process:
-        run.finish(plan, settings, result)
+        run.finish(plan, settings, result, extra)
     state.wait_for_everyone()
     return result
 
@@ -239,18 +260,18 @@ class _Run:
 
     # ------------------------------------------------------------------ main process, after every share
 
-    def finish(self, plan: list[ClassPlan], settings: dict, result: SynthesisResult) -> None:
+    def finish(self, plan: list[ClassPlan], settings: dict, result: SynthesisResult, extra: dict[str, int]) -> None:
         kept = {p.name: self.indices(p) for p in plan}
         rejected = {p.name: {r: self.indices(p, r) for r in (NEAR_COPY, MISCLASSIFIED)} for p in plan}
         for p in plan:
-            if len(kept[p.name]) != p.generate:
+            if len(kept[p.name]) != p.generate + extra.get(p.name, 0):
                 raise RuntimeError(f"class {p.name}: {len(kept[p.name])} images on disk, the plan says {p.generate}")
         result.dropped = {name: sum(map(len, by_reason.values())) for name, by_reason in rejected.items()}
         result.manifest = self.out_dir / "manifest.csv"
         atomic.write_text(result.manifest, _csv(MANIFEST_COLUMNS, self._manifest_rows(plan, kept)))
         if self.split is not None:
             audit_rows = []
-            for p in (p for p in plan if p.generate):
+            for p in (p for p in plan if kept[p.name]):
                 rows, summary = self._audit_class(p, kept[p.name], rejected[p.name])
                 audit_rows += rows
                 result.audit.append(summary)
@@ -258,7 +279,7 @@ class _Run:
         self._preview(plan, kept)
         atomic.write_json(
             self.out_dir / "plan.json",
-            _plan_json(settings, plan, "complete", dropped=result.dropped,
+            _plan_json(settings, plan, "complete", dropped=result.dropped, kept_beyond_target=extra or None,
                        audit=[s.to_dict() for s in result.audit] or None),
         )
 
@@ -353,23 +374,56 @@ def _plan_json(settings: dict, plan: list[ClassPlan], status: str, **extra) -> d
             **{k: v for k, v in extra.items() if v is not None}}
 
 
-def _check_resumable(out_dir: Path, settings: dict) -> None:
-    path = out_dir / "plan.json"
-    if not path.is_file():
-        return
+def _recorded_split(model_dir, info: ModelInfo):
+    """The split recorded next to a model in its run folder (`RUN/diffusion/model` -> `RUN/split.json`), if it
+    is the one the model was trained on: how `--model M --out DIR` knows the data it must stay out of."""
+    from .split import SPLIT_FILE, load_split
+
+    run = Path(model_dir).resolve().parent.parent
+    if not (run / SPLIT_FILE).is_file():
+        return None
     try:
-        before = json.loads(path.read_text())["settings"]
-    except (ValueError, KeyError, TypeError):
-        raise CapaugError(f"{path} is unreadable; pass --overwrite to start again") from None
-    changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in settings.items() if before.get(k) != v]
-    if changed:
-        raise CapaugError(f"{out_dir} was made with other settings ({'; '.join(changed)}); pass --overwrite to start again")
+        split = load_split(run)
+    except CapaugError:
+        return None
+    return split if split.hash == info.split_hash else None
 
 
-def _refuse_foreign(out_dir: Path) -> None:
-    """Never write into (or delete) a non-empty folder that is not a capaug synthesis output."""
-    if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "plan.json").is_file()):
-        raise CapaugError(f"{out_dir} exists and is not a capaug synthesis folder; choose another output")
+def _entries(info: ModelInfo) -> list[str]:
+    """The top-level names a synthesis run writes in its output folder (recorded in capaug's marker)."""
+    return [*folder_names(info.classes), *OUTPUT_FILES]
+
+
+def _adopt_unmarked(out_dir: Path, info: ModelInfo) -> None:
+    """A synthesis folder from before output markers (it has our plan.json) gets its marker."""
+    try:
+        ours = json.loads((out_dir / "plan.json").read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return
+    if ours and atomic.read_marker(out_dir) is None:
+        atomic.mark_output(out_dir, "synthesize", _entries(info))
+
+
+def _check_resumable(out_dir: Path, settings: dict, run: _Run, plan: list[ClassPlan], keep_extra: bool) -> dict[str, int]:
+    """Refuse a rerun that would make other images than the ones on disk, or fewer than are there unless
+    `keep_extra`; returns class -> images kept beyond the target."""
+    path = out_dir / "plan.json"
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text())["settings"]
+        except (ValueError, KeyError, TypeError):
+            raise CapaugError(f"{path} is unreadable; pass --overwrite to start again") from None
+        changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in settings.items()
+                   if before.get(k) != v and k not in RESUMABLE]
+        if changed:
+            raise CapaugError(f"{out_dir} was made with other settings ({'; '.join(changed)}); pass --overwrite to start again")
+    on_disk = {p.name: len(run.indices(p)) for p in plan}
+    extra = {p.name: on_disk[p.name] - p.generate for p in plan if on_disk[p.name] > p.generate}
+    if extra and not keep_extra:
+        shown = ", ".join(f"{name}: {on_disk[name]} on disk, {on_disk[name] - n} wanted" for name, n in extra.items())
+        raise CapaugError(f"{out_dir} holds more synthetic images than the lowered target asks for ({shown}); "
+                          "pass --keep-extra to keep them all or --overwrite to start again")
+    return extra
 
 
 def _resize(image: np.ndarray, size: list[int]) -> np.ndarray:

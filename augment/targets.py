@@ -54,8 +54,8 @@ def _targets(classes: list[str], real: list[int], policy: str) -> list[int]:
         return [n] * len(real)
     if kind == "ratio":
         r = _number(arg, float, policy)
-        if r < 1:
-            raise CapaugError(f"target {policy!r}: the ratio max/min must be at least 1")
+        if not (math.isfinite(r) and r >= 1):
+            raise CapaugError(f"target {policy!r}: the ratio max/min must be a finite number of at least 1")
         return [math.ceil(max(real) / r)] * len(real)
     if Path(policy).suffix.lower() in (".yaml", ".yml", ".json"):
         return _from_file(Path(policy), classes, real)

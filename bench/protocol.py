@@ -1,11 +1,18 @@
 """The benchmark protocol: same data, seed and step budget for every method; one comparison table.
 
-For each method (plain, cm, cbdm, oc, cm+oc): train, synthesize to balance (the downstream set) and a fixed
-number of images per class (the evaluation set, so every class, the largest too, gets FID), evaluate in one
-shared in-domain feature space; then one downstream run compares real / reweight / oversample with every
-method's synthetic set on the same classifier and seeds. Rerunning continues where it stopped.
+For each method (plain, cm, lowrank, cbdm, oc, cm+oc, cm+cbdm) and each of `--gen-seeds` generator seeds: train,
+synthesize to balance (the downstream set) and a fixed number of images per class (the evaluation set, so every
+class, the largest too, gets FID), evaluate in one shared in-domain feature space; then one downstream run
+compares real / reweight / oversample with every generator's synthetic set on the same classifier and seeds.
+FID is reported as mean and spread over generator seeds. Rerunning continues where it stopped.
+
+A method can carry settings after `@`: `cm@lambda_div=auto`, `cm@lambda_div=0.2@min_snr`,
+`plain@synthesize.sampler=ddim` (KEY=VALUE sets train.KEY unless KEY names a section; `min_snr` is
+train.loss_weighting=min_snr; `seeds=N` overrides --gen-seeds for that method). Its runs live in OUT/<label>
+(generator seed 0) and OUT/<label>-seed<k>, the label being the method without its `@seeds=N`.
 
     python bench/protocol.py --data builtin:digits-lt --recipe quickstart --steps 300 --out runs/protocol-digits
+    python bench/protocol.py ... --methods plain,cm@lambda_div=auto,lowrank,cm@lambda_div=0.2 --gen-seeds 2
 See bench/README.md for the budgets used and bench/RESULTS.md for results.
 """
 
@@ -15,6 +22,7 @@ import argparse
 import csv
 import json
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -29,16 +37,61 @@ from capaug.augment.train import checkpoint_dirs
 from capaug.classifier.downstream import run_downstream
 from capaug.recipes import load_recipe, parse_assignment
 
-METHODS = {"plain": ("plain", "ddpm"), "cm": ("cm", "ddpm"), "cbdm": ("plain", "cbdm"), "oc": ("plain", "oc"),
-           "cm+oc": ("cm", "oc"), "cm+cbdm": ("cm", "cbdm")}
+METHODS = {"plain": ("plain", "ddpm"), "cm": ("cm", "ddpm"), "lowrank": ("lowrank", "ddpm"),
+           "cbdm": ("plain", "cbdm"), "oc": ("plain", "oc"), "cm+oc": ("cm", "oc"), "cm+cbdm": ("cm", "cbdm")}
+SHORTHANDS = {"min_snr": "train.loss_weighting=min_snr"}
+SECTIONS = ("data", "train", "synthesize", "downstream")
 GROUPS = ("many", "medium", "few")
 
 
-def method_recipe(base: Recipe, name: str, steps: int) -> Recipe:
+def label_and_seeds(spec: str, default_seeds: int) -> tuple[str, int]:
+    """`cm@lambda_div=auto@seeds=2` -> ("cm@lambda_div=auto", 2): the method's name in the table and its folders,
+    and how many generator seeds it gets."""
+    name, *options = spec.split("@")
+    seeds = [o for o in options if o.startswith("seeds=")]
+    count = int(seeds[-1].removeprefix("seeds=")) if seeds and seeds[-1].removeprefix("seeds=").isdigit() else None
+    if seeds and not count:
+        raise ValueError(f"{spec!r}: seeds= needs a whole number >= 1")
+    return "@".join([name, *(o for o in options if not o.startswith("seeds="))]), count or default_seeds
+
+
+def method_settings(spec: str) -> tuple[str, dict]:
+    """`cm@lambda_div=auto@min_snr` -> ("cm", {"train.lambda_div": "auto", "train.loss_weighting": "min_snr"})."""
+    name, *options = label_and_seeds(spec, 1)[0].split("@")
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r} in {spec!r}; choose from {', '.join(METHODS)}")
+    settings = {}
+    for option in options:
+        option = SHORTHANDS.get(option, option)
+        if "=" not in option:
+            raise ValueError(f"{spec!r}: {option!r} is neither KEY=VALUE nor one of {', '.join(SHORTHANDS)}")
+        key, value = parse_assignment(option)
+        settings[key if key.split(".")[0] in SECTIONS else f"train.{key}"] = value
+    return name, settings
+
+
+def method_recipe(base: Recipe, spec: str, steps: int, gen_seed: int = 0) -> Recipe:
+    """The base recipe with the method, its `@` settings, the step budget and generator seed `gen_seed` applied."""
+    name, settings = method_settings(spec)
     method, base_loss = METHODS[name]
-    recipe = base.model_copy(deep=True)
-    recipe.train.method, recipe.train.base_loss, recipe.train.steps = method, base_loss, steps
-    return recipe
+    data = base.model_dump()
+    data["train"].update(method=method, base_loss=base_loss, steps=steps, seed=base.train.seed + gen_seed)
+    for key, value in settings.items():
+        section, *path = key.split(".")
+        target = data[section]
+        for part in path[:-1]:
+            target = target[part]
+        target[path[-1]] = value
+    return Recipe.model_validate(data)
+
+
+def run_name(spec: str, gen_seed: int) -> str:
+    return spec if gen_seed == 0 else f"{spec}-seed{gen_seed}"
+
+
+def arm_name(run: str) -> str:
+    """The run's downstream arm: `+` belongs to the arm syntax (synthetic+la), so cm+oc's arm is cm&oc."""
+    return run.replace("+", "&")
 
 
 def train_method(data: str, run: Path, recipe: Recipe) -> dict:
@@ -50,8 +103,11 @@ def train_method(data: str, run: Path, recipe: Recipe) -> dict:
         previous = json.loads(seconds_file.read_text())["seconds"] if seconds_file.is_file() else 0.0
         write_json(seconds_file, {"seconds": previous + time.time() - start})
     with open(run / "diffusion" / "train_log.csv") as f:
-        speeds = [float(r["images_per_s"]) for r in csv.DictReader(f)]
-    return {"train_images_per_s": sum(speeds) / len(speeds), "train_seconds": json.loads(seconds_file.read_text())["seconds"]}
+        rows = list(csv.DictReader(f))
+    speeds = [float(r["images_per_s"]) for r in rows]
+    d_final = {k.removeprefix("d_"): float(v) for k, v in rows[-1].items() if k.startswith("d_") and v not in ("", "nan")}
+    return {"train_images_per_s": sum(speeds) / len(speeds), "train_seconds": json.loads(seconds_file.read_text())["seconds"],
+            "d_final": d_final}
 
 
 def eval_samples(run: Path, recipe: Recipe, per_class: int) -> Path:
@@ -66,36 +122,67 @@ def eval_samples(run: Path, recipe: Recipe, per_class: int) -> Path:
     return out
 
 
+def evaluate_generator(data: str, run: Path, recipe: Recipe, args, reference: Path | None) -> dict:
+    """Train, synthesize and score one generator; FID in the feature space of `reference` (None: its own)."""
+    row = train_method(data, run, recipe)
+    start = time.time()
+    synthesize(run / "diffusion" / "model", run / "synthetic", recipe.synthesize, split=load_split(run))
+    row["synthesis_seconds"] = time.time() - start
+    samples = eval_samples(run, recipe, args.eval_per_class)
+    if reference is not None:  # one shared feature space: the first run's reference classifier
+        (run / "eval").mkdir(parents=True, exist_ok=True)
+        shutil.copy(reference, run / "eval" / REFERENCE)
+    metrics = evaluate_run(run, synthetic_dir=samples, downstream=recipe.downstream, data_cfg=recipe.data, cas=args.cas)
+    row["fid"] = {g: metrics["generative"]["per_group"].get(g, {}).get("fid") for g in GROUPS}
+    row["fid"]["overall"] = metrics["generative"]["overall"]["fid"]
+    row["fid_class_mean"] = metrics["generative"]["overall"]["class_mean"]["fid"]
+    return row
+
+
+def spread(values: list) -> dict:
+    """Mean and sample standard deviation over generator seeds (std None with one seed)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+            "n": len(values)}
+
+
+def summarize(runs: dict[str, dict]) -> dict:
+    """One method's generators: each FID, speed and time as mean/std/n over the generator seeds."""
+    rows = list(runs.values())
+    return {
+        "runs": list(runs),
+        "fid": {k: spread([r["fid"][k] for r in rows]) for k in (*GROUPS, "overall")},
+        "fid_class_mean": spread([r["fid_class_mean"] for r in rows]),
+        **{k: statistics.fmean(r[k] for r in rows) for k in ("train_images_per_s", "train_seconds", "synthesis_seconds")},
+    }
+
+
 def run_protocol(args) -> dict:
     out = Path(args.out)
     base = load_recipe(args.recipe, dict(parse_assignment(s) for s in args.set or []))
     data = args.data or base.dataset
-    rows, reference = {}, None
-    for name in args.methods:
-        run = out / name
-        recipe = method_recipe(base, name, args.steps)
-        row = train_method(data, run, recipe)
-        start = time.time()
-        synthesize(run / "diffusion" / "model", run / "synthetic", recipe.synthesize, split=load_split(run))
-        row["synthesis_seconds"] = time.time() - start
-        samples = eval_samples(run, recipe, args.eval_per_class)
-        if reference is not None:  # one shared feature space: the first run's reference classifier
-            (run / "eval").mkdir(parents=True, exist_ok=True)
-            shutil.copy(reference, run / "eval" / REFERENCE)
-        metrics = evaluate_run(run, synthetic_dir=samples, downstream=base.downstream, data_cfg=base.data,
-                               cas=args.cas)
-        reference = run / "eval" / REFERENCE
-        row["fid"] = {g: metrics["generative"]["per_group"].get(g, {}).get("fid") for g in GROUPS}
-        row["fid"]["overall"] = metrics["generative"]["overall"]["fid"]
-        row["fid_class_mean"] = metrics["generative"]["overall"]["class_mean"]["fid"]
-        rows[name] = row
+    runs, methods, reference = {}, {}, None
+    for spec in args.methods:
+        label, seeds = label_and_seeds(spec, args.gen_seeds)
+        mine = {}
+        for gen_seed in range(seeds):
+            name = run_name(label, gen_seed)
+            mine[name] = evaluate_generator(data, out / name, method_recipe(base, spec, args.steps, gen_seed), args,
+                                            reference)
+            reference = reference or out / name / "eval" / REFERENCE
+            write_json(out / "generators.json", runs | mine)  # each generator's result as soon as it lands
+        runs |= mine
+        methods[label] = summarize(mine)
 
     compare = out / "downstream-compare"
     compare.mkdir(parents=True, exist_ok=True)
-    shutil.copy(out / args.methods[0] / "split.json", compare / "split.json")
-    downstream = run_downstream(compare, base.downstream, {m: out / m / "synthetic" for m in args.methods},
+    shutil.copy(out / next(iter(runs)) / "split.json", compare / "split.json")
+    downstream = run_downstream(compare, base.downstream, {arm_name(name): out / name / "synthetic" for name in runs},
                                 ["real", "reweight", "oversample"], data_cfg=base.data)
-    result = {"data": data, "recipe": args.recipe, "steps": args.steps, "methods": rows,
+    result = {"data": data, "recipe": args.recipe, "steps": args.steps, "gen_seeds": args.gen_seeds,
+              "methods": methods, "runs": runs,
               "downstream": {arm: v["summary"] for arm, v in downstream["arms"].items()},
               "verdict": downstream["verdict"]["text"]}
     write_json(out / "protocol.json", result)
@@ -114,19 +201,32 @@ def _num(x, spec=".1f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _spread(s: dict) -> str:
+    if s["mean"] is None:
+        return "-"
+    return _num(s["mean"]) + ("" if s["std"] is None else f" ± {s['std']:.1f}")
+
+
 def table(result: dict) -> str:
-    head = ("| arm | FID many | FID medium | FID few | FID overall | FID class-mean | balanced acc. | Few recall "
-            "| train img/s | wall time (min) |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    """Generators (FID mean ± std over generator seeds), then every downstream arm (one per generator)."""
+    gen = ("| method | generator seeds | FID many | FID medium | FID few | FID overall | FID class-mean | train img/s "
+           "| wall time (min) |\n|---|---|---|---|---|---|---|---|---|\n")
     lines = []
+    for name, m in result["methods"].items():
+        wall = (m["train_seconds"] + m["synthesis_seconds"]) / 60
+        lines.append(f"| {name} | {m['fid']['overall']['n']} | "
+                     + " | ".join(_spread(m["fid"][k]) for k in (*GROUPS, "overall"))
+                     + f" | {_spread(m['fid_class_mean'])} | {_num(m['train_images_per_s'])} | {_num(wall)} |")
+    down = "| arm | balanced acc. | Few recall | d at the end (per class) |\n|---|---|---|---|\n"
+    arms = []
+    run_of_arm = {arm_name(run): row for run, row in result["runs"].items()}
     for arm, summary in result["downstream"].items():
-        m = result["methods"].get(arm)
-        fid = m["fid"] if m else {}
-        wall = (m["train_seconds"] + m["synthesis_seconds"]) / 60 if m else None
-        lines.append(f"| {arm} | " + " | ".join(_num(fid.get(k)) for k in (*GROUPS, "overall"))
-                     + f" | {_num(m and m['fid_class_mean'])} | {_pm(summary, 'balanced_accuracy')} | "
-                     f"{_pm(summary, 'recall_few')} | {_num(m and m['train_images_per_s'])} | {_num(wall)} |")
-    return (f"data {result['data']}, recipe {result['recipe']}, {result['steps']} steps per method\n\n" + head
-            + "\n".join(lines) + f"\n\nverdict: {result['verdict']}\n")
+        d = run_of_arm.get(arm, {}).get("d_final", {})
+        classes = ", ".join(f"{k} {v:.1e}" for k, v in d.items() if k not in GROUPS) or "-"
+        arms.append(f"| {arm} | {_pm(summary, 'balanced_accuracy')} | {_pm(summary, 'recall_few')} | {classes} |")
+    return (f"data {result['data']}, recipe {result['recipe']}, {result['steps']} steps per generator, "
+            f"{result['gen_seeds']} generator seed(s) per method (FID: mean ± std over them)\n\n" + gen
+            + "\n".join(lines) + "\n\n" + down + "\n".join(arms) + f"\n\nverdict: {result['verdict']}\n")
 
 
 def main() -> None:
@@ -135,15 +235,22 @@ def main() -> None:
     parser.add_argument("--recipe", default="quickstart")
     parser.add_argument("--steps", type=int, required=True, help="training steps per method (the budget)")
     parser.add_argument("--methods", default="plain,cm", type=lambda s: s.split(","),
-                        help=f"comma list of {', '.join(METHODS)}")
+                        help=f"comma list of {', '.join(METHODS)}, each optionally with @KEY=VALUE or @min_snr")
+    parser.add_argument("--gen-seeds", type=int, default=1, help="generator seeds per method (train.seed + k)")
     parser.add_argument("--eval-per-class", type=int, default=100, help="images per class for FID")
     parser.add_argument("--cas", action="store_true", help="also the classification accuracy score")
     parser.add_argument("--out", required=True)
     parser.add_argument("--set", action="append", help="recipe override KEY=VALUE (repeatable)")
     args = parser.parse_args()
-    unknown = [m for m in args.methods if m not in METHODS]
-    if unknown:
-        parser.error(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    if args.gen_seeds < 1:
+        parser.error("--gen-seeds must be at least 1")
+    base = load_recipe(args.recipe, dict(parse_assignment(s) for s in args.set or []))
+    for spec in args.methods:
+        try:
+            label_and_seeds(spec, args.gen_seeds)
+            method_recipe(base, spec, args.steps)
+        except ValueError as e:  # an unknown method, a malformed or invalid @ setting (pydantic's too)
+            parser.error(f"method {spec}: {e}")
     print(table(run_protocol(args)))
 
 

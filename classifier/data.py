@@ -16,6 +16,8 @@ from typing import Iterable, Optional, Protocol
 import numpy as np
 from PIL import Image
 
+from torch.utils.data import Dataset
+
 from capaug.augment.errors import CapaugError
 
 MANIFEST = "manifest.csv"
@@ -60,6 +62,42 @@ class FolderReader:
         return array[:, :, None] if array.ndim == 2 else array
 
 
+class ResizedReader:
+    """Another reader's images at the real images' (height, width), resized once at load.
+
+    Synthetic images are made at the generator's resolution (e.g. 32 px for 28 px RetinaMNIST). Resizing them
+    to the real size here, with PIL's antialiased bilinear filter (the filter torchvision's antialiased resize
+    used to bring the real images to the generator's size, run the other way), means real and synthetic
+    images then take the identical path through the classifier's pipeline: no size or interpolation cue.
+    """
+
+    def __init__(self, reader: Reader, size: tuple[int, int]):
+        self.reader, self.size = reader, tuple(size)
+
+    def read(self, key: str) -> np.ndarray:
+        image = self.reader.read(key)
+        if image.shape[:2] == self.size:
+            return image
+        resized = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).resize(
+            (self.size[1], self.size[0]), Image.BILINEAR)
+        array = np.asarray(resized)
+        return array[:, :, None] if array.ndim == 2 else array
+
+
+class Weighted(Dataset):
+    """`(image, label, weight)` of another dataset's items: the per-sample loss weight (synthetic omega)."""
+
+    def __init__(self, dataset: Dataset, weight: float):
+        self.dataset, self.weight = dataset, float(weight)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        return image, label, self.weight
+
+
 @dataclass
 class SyntheticSet:
     """A synthetic image folder checked against the split: `items` are (file relative to `folder`, label)."""
@@ -69,7 +107,12 @@ class SyntheticSet:
     items: list[tuple[str, int]]
 
     def counts(self, num_classes: int) -> list[int]:
-        return np.bincount([label for _, label in self.items], minlength=num_classes).tolist()
+        return np.bincount(np.asarray([label for _, label in self.items], dtype=np.int64), minlength=num_classes).tolist()
+
+    def subset(self, keep: Iterable[str]) -> "SyntheticSet":
+        """The same set restricted to the files in `keep` (a filter's survivors)."""
+        keep = set(keep)
+        return SyntheticSet(self.name, self.folder, [item for item in self.items if item[0] in keep])
 
 
 def synthetic_folder(path: str | Path) -> Path:

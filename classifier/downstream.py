@@ -1,82 +1,102 @@
 """`capaug downstream`: train every arm with every seed, test each model once, summarise, report.
 
-Arms (DESIGN.md, Downstream evaluation), all on the same model, pipeline, epochs and seeds:
-  real        the real training split, cross-entropy
-  reweight    the same images, class-balanced or logit-adjusted loss (`cfg.reweight`)
-  oversample  the same images, class-balanced sampler
-  synthetic   the real training split + `RUN/synthetic`, cross-entropy
-  NAME        (one per `compare` entry) the real training split + another synthetic set, cross-entropy
+Arms are written in the syntax of `arms.py` (`real`, `reweight`, `oversample`, `synthetic`, a `--compare` name,
+and synthetic settings such as `synthetic+la+filter[w=0.5]`). All share the model, pipeline, optimizer-step
+budget, batch size and seeds (`arm_plan.py`). With `tune`, the synthetic settings of `cfg.tune_grid` are
+trained on every seed and scored on the val split only; the grid member with the best mean val balanced
+accuracy becomes the arm `tuned`, and only its models read the test split.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
-import torch
-from torch.utils.data import ConcatDataset
+import numpy as np
 
 from capaug.augment.config import DataConfig, DownstreamConfig
 from capaug.augment.errors import CapaugError
+from capaug.augment.runlock import locks_run
 from capaug.augment.split import load_split
 
-from .data import FolderReader, SyntheticSet, cached, leakage_guard, load_synthetic_set
+from .arm_plan import PreparedArm
+from .arms import CLASSIC, ArmSpec, parse_arms
+from .data import FolderReader, ResizedReader, cached, leakage_guard, load_synthetic_set
 from .engine import predict
 from .experiment import Experiment
-from .losses import make_loss
-from .metrics import SCALARS, model_metrics, paired_differences, summarize_arm
+from .filtering import apply_band, score_synthetic
+from .metrics import SCALARS, model_metrics, paired_differences, spread, summarize_arm
 from .report import write_outputs
-from .sampling import class_balanced_sampler
+from .stats import bootstrap_interval
 
-FORMAT = "capaug-downstream/1"
-ARMS = ("real", "reweight", "oversample", "synthetic")
-CLASSIC = ("reweight", "oversample")
+FORMAT = "capaug-downstream/2"
 METRIC = "balanced_accuracy"
+TUNED = "tuned"
+SYNTHETIC_RESIZE = "PIL bilinear (antialiased) to the real images' size, once at load"
 
 
-@dataclass
-class Arm:
-    """What an arm changes relative to `real`."""
-
-    name: str
-    loss: str = "cross-entropy"
-    balanced_sampler: bool = False
-    synthetic: Optional[SyntheticSet] = None
-
-    def describe(self, real_images: int) -> dict:
-        extra = len(self.synthetic.items) if self.synthetic else 0
-        return {"loss": self.loss, "sampler": "class-balanced" if self.balanced_sampler else "shuffle",
-                "synthetic_set": self.synthetic.name if self.synthetic else None,
-                "train_images": real_images + extra, "synthetic_images": extra}
-
-
-def plan_arms(names: list[str], compare: dict[str, Path], run_dir: Path, split, cfg: DownstreamConfig) -> list[Arm]:
-    """The arms to run, in order, with their synthetic sets loaded and checked against the split."""
-    unknown = [n for n in names if n not in ARMS]
-    if unknown:
-        raise CapaugError(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
-    clashes = [n for n in compare if n in ARMS]
+def plan_specs(cfg: DownstreamConfig, arms, compare: dict, tune: bool) -> tuple[list[ArmSpec], list[ArmSpec]]:
+    """(the arms to report, the tuning grid): parsed, checked, each `compare` name added as a plain arm."""
+    bases = ("synthetic", *compare)
+    clashes = [n for n in compare if n in ("real", *CLASSIC, "synthetic", TUNED)]
     if clashes:
         raise CapaugError(f"--compare name {clashes[0]!r} is an arm name; choose another (e.g. ddpm)")
-    arms = []
-    for name in dict.fromkeys(names):
-        if name == "reweight":
-            arms.append(Arm(name, loss=cfg.reweight))
-        elif name == "oversample":
-            arms.append(Arm(name, balanced_sampler=True))
-        elif name == "synthetic":
-            arms.append(Arm(name, synthetic=load_synthetic_set(name, run_dir / "synthetic", split.classes, split.hash)))
-        else:
-            arms.append(Arm(name))
-    for name, folder in compare.items():
-        arms.append(Arm(name, synthetic=load_synthetic_set(name, folder, split.classes, split.hash)))
-    if not arms:
-        raise CapaugError("no arms to run; pass --arms or --compare")
-    return arms
+    odd = [n for n in compare if any(c in n for c in "+[],") or not n.strip()]
+    if odd:
+        raise CapaugError(f"--compare name {odd[0]!r} may not contain + [ ] or a comma (the arm syntax uses them)")
+    specs = parse_arms(list(arms if arms is not None else cfg.arms) + list(compare), bases)
+    grid = parse_arms(list(cfg.tune_grid), bases) if tune else []
+    if any(not spec.synthetic for spec in grid):
+        raise CapaugError("the tuning grid holds synthetic arms only (e.g. synthetic+la[w=0.5])")
+    if tune and not grid:
+        raise CapaugError("--tune needs a non-empty downstream.tune_grid")
+    if not specs and not grid:
+        raise CapaugError("no arms to run; pass --arms, --compare or --tune")
+    return specs, grid
 
 
+def planned_models(cfg: DownstreamConfig, arms=None, compare=None, tune: Optional[bool] = None) -> int:
+    """How many arm trainings a run makes (times the seeds: the models trained)."""
+    specs, grid = plan_specs(cfg, arms, dict(compare or {}), cfg.tune if tune is None else tune)
+    return len({spec.name for spec in [*specs, *grid]})
+
+
+def prepare_arms(specs: list[ArmSpec], compare: dict[str, Path], run_dir: Path, split, experiment: Experiment,
+                 ) -> tuple[dict[str, PreparedArm], dict]:
+    """Each spec with its synthetic set loaded (resized and cached once), guarded against leakage, filtered."""
+    cfg = experiment.cfg
+    folders = {"synthetic": run_dir / "synthetic", **compare}
+    sets = {}
+    for base in dict.fromkeys(spec.base for spec in specs if spec.synthetic):
+        synthetic = load_synthetic_set(base, folders[base], split.classes, split.hash)
+        reader = cached(ResizedReader(FolderReader(synthetic.folder, split.mode), experiment.real_size),
+                        [key for key, _ in synthetic.items], cfg.cache_mb)
+        sets[base] = (synthetic, reader)
+    leakage_guard(experiment.reader, [k for k, _ in split.train], [k for k, _ in split.test], list(sets.values()))
+    scores = {}
+    if any("filter" in spec.flags for spec in specs):
+        from .reference import reference_for_run
+
+        bundle = reference_for_run(run_dir, split, cfg, device=experiment.accelerator.device)
+        real = ResizedReader(experiment.reader, experiment.real_size)
+        scores = {base: score_synthetic(sets[base][0], sets[base][1], bundle, real, split.train)
+                  for base in dict.fromkeys(spec.base for spec in specs if "filter" in spec.flags)}
+    prepared = {}
+    for spec in specs:
+        if not spec.synthetic:
+            prepared[spec.name] = PreparedArm(spec)
+            continue
+        synthetic, reader = sets[spec.base]
+        record = None
+        if "filter" in spec.flags:
+            synthetic, record = apply_band(synthetic, scores[spec.base], spec.low, spec.high, spec.copy,
+                                           len(split.classes))
+        prepared[spec.name] = PreparedArm(spec, synthetic, reader, record)
+    return prepared, sets
+
+
+@locks_run("downstream")
 def run_downstream(
     run_dir: str | Path,
     cfg: DownstreamConfig,
@@ -85,66 +105,119 @@ def run_downstream(
     *,
     data_cfg: Optional[DataConfig] = None,
     on_model: Optional[Callable[[str, int, dict], None]] = None,
+    tune: Optional[bool] = None,
 ) -> dict:
     """Run the arms x seeds on `RUN/split.json`, write `RUN/downstream/` and return the `metrics.json` content.
 
-    `arms` defaults to `cfg.arms`; each `compare` entry (name -> synthetic folder or run folder) adds an arm.
-    `data_cfg` gives the Many/Medium/Few thresholds; `on_model(arm, seed, metrics)` reports progress.
+    `arms` (specs, arms.py) defaults to `cfg.arms`; each `compare` entry (name -> synthetic folder or run
+    folder) adds an arm; `tune` (default `cfg.tune`) adds the arm `tuned`, chosen from `cfg.tune_grid` on val.
+    `data_cfg` gives the Many/Medium/Few thresholds; `on_model(arm, seed, info)` reports progress after each
+    model (`info`: its val score, test metrics when it was tested, `done` and `total`).
     """
     run_dir = Path(run_dir)
+    compare = dict(compare or {})
+    specs, grid = plan_specs(cfg, arms, compare, cfg.tune if tune is None else tune)
     split = load_split(run_dir)
     stats = split.stats(data_cfg or DataConfig())
-    plan = plan_arms(list(arms if arms is not None else cfg.arms), dict(compare or {}), run_dir, split, cfg)
     experiment = Experiment.prepare(split, cfg)
-    readers = {arm.name: cached(FolderReader(arm.synthetic.folder, split.mode),
-                                [key for key, _ in arm.synthetic.items], cfg.cache_mb)
-               for arm in plan if arm.synthetic}
-    leakage_guard(experiment.reader, [k for k, _ in split.train], [k for k, _ in split.test],
-                  [(arm.synthetic, readers[arm.name]) for arm in plan if arm.synthetic])
-
+    prepared, sets = prepare_arms(list({s.name: s for s in [*specs, *grid]}.values()), compare, run_dir, split,
+                                  experiment)
     test_set = experiment.dataset(split.test, train=False)
-    train_counts = split.counts("train")
-    runs = []
-    for arm in plan:
-        for seed in range(cfg.seeds):
-            train_set = experiment.dataset(split.train, train=True, seed=seed)
-            if arm.synthetic:
-                train_set = ConcatDataset([train_set, experiment.dataset(arm.synthetic.items, train=True, seed=seed,
-                                                                         reader=readers[arm.name])])
-            sampler = (class_balanced_sampler([y for _, y in split.train], torch.Generator().manual_seed(seed))
-                       if arm.balanced_sampler else None)
-            trained = experiment.fit(train_set, make_loss(arm.loss, train_counts), seed, sampler)
-            probs, labels = predict(trained.model, test_set, cfg, experiment.accelerator)
-            run = {"arm": arm.name, "seed": seed, **model_metrics(labels, probs, stats.groups),
-                   "best_epoch": trained.best_epoch, "val_balanced_accuracy": trained.val_balanced_accuracy,
-                   "seconds": trained.seconds}
-            runs.append(run)
-            if on_model:
-                on_model(arm.name, seed, run)
+    seeds = range(experiment.seeds)
+    reported = [spec.name for spec in specs]
+    total = len(prepared) * len(seeds)
+    runs: dict[str, list[dict]] = {name: [] for name in reported}
+    correct: dict[tuple[str, int], np.ndarray] = {}
 
-    result = assemble(run_dir, split, stats, cfg, experiment, plan, runs)
-    write_outputs(run_dir / "downstream", result, split, experiment.reader,
-                  {arm.synthetic.name: (arm.synthetic, readers[arm.name]) for arm in plan if arm.synthetic})
+    def train(arm: PreparedArm, seed: int):
+        trained = experiment.fit_phases(arm.phases(experiment, seed), seed)
+        return trained, {"arm": arm.name, "seed": seed, "optimizer_steps": trained.optimizer_steps,
+                         "best_step": trained.best_step, "best_epoch": trained.best_epoch,
+                         "val_balanced_accuracy": trained.val_balanced_accuracy, "seconds": trained.seconds}
+
+    def test(name: str, seed: int, trained, record: dict) -> dict:
+        probs, labels = predict(trained.model, test_set, cfg, experiment.accelerator)
+        correct[name, seed] = probs.argmax(1) == labels
+        run = {**record, "arm": name, **model_metrics(labels, probs, stats.groups)}
+        runs.setdefault(name, []).append(run)
+        return run
+
+    done = 0
+
+    def report(name: str, seed: int, run: dict) -> None:
+        nonlocal done
+        done += 1
+        if on_model:
+            on_model(name, seed, {**run, "done": done, "total": total})
+
+    tuning, best = None, None
+    if grid:  # val only: a grid member reads the test split only if it is also a reported arm
+        scores, kept = {}, []
+        for spec in grid:
+            arm, models = prepared[spec.name], []
+            for seed in seeds:
+                trained, record = train(arm, seed)
+                run = test(arm.name, seed, trained, record) if arm.name in reported else record
+                models.append((trained, record) if arm.name not in reported else None)
+                scores.setdefault(arm.name, []).append(trained.val_balanced_accuracy)
+                report(arm.name, seed, run)
+            mean = float(np.mean(scores[arm.name]))
+            if best is None or mean > best[1]:
+                best, kept = (arm.name, mean), models
+        chosen = best[0]
+        for seed, entry in zip(seeds, kept):
+            if entry is None:  # the chosen member is a reported arm: its models were tested already
+                runs.setdefault(TUNED, []).append({**runs[chosen][seed], "arm": TUNED})
+                correct[TUNED, seed] = correct[chosen, seed]
+            else:
+                test(TUNED, seed, *entry)
+        tuning = {"metric": "val_balanced_accuracy", "chosen": chosen,
+                  "selector": "highest mean over seeds of each model's best val balanced accuracy; ties: grid order",
+                  "grid": [{"spec": name, "val_balanced_accuracy": spread(values), "per_seed": values,
+                            "chosen": name == chosen} for name, values in scores.items()]}
+    for name in reported:
+        if runs[name]:
+            continue
+        for seed in seeds:
+            trained, record = train(prepared[name], seed)
+            report(name, seed, test(name, seed, trained, record))
+
+    plan = {name: prepared[name] for name in reported}
+    if tuning:
+        plan[TUNED] = prepared[tuning["chosen"]]
+    result = assemble(run_dir, split, stats, cfg, experiment, plan, runs, correct, tuning, sets)
+    write_outputs(run_dir / "downstream", result, split, experiment.reader, sets)
     return result
 
 
-def assemble(run_dir: Path, split, stats, cfg: DownstreamConfig, experiment: Experiment, plan: list[Arm],
-             runs: list[dict]) -> dict:
+def assemble(run_dir: Path, split, stats, cfg: DownstreamConfig, experiment: Experiment,
+             plan: dict[str, PreparedArm], runs: dict[str, list[dict]], correct: dict, tuning: Optional[dict],
+             sets: dict) -> dict:
     """The `metrics.json` content (schema: classifier/README_metrics.md)."""
-    by_arm = {arm.name: [run for run in runs if run["arm"] == arm.name] for arm in plan}
-    summaries = {name: summarize_arm(arm_runs) for name, arm_runs in by_arm.items()}
+    summaries = {name: summarize_arm(runs[name]) for name in plan}
     classic = [name for name in CLASSIC if name in summaries]
+    # the strongest classic baseline, by mean test score (hindsight favours the baseline: a conservative test)
     best_classic = max(classic, key=lambda n: summaries[n][METRIC]["mean"]) if classic else None
+    labels = np.asarray([y for _, y in split.test])
+
+    def versus(name: str, baseline: Optional[str]) -> Optional[dict]:
+        if baseline is None or name == baseline:
+            return None
+        diff = paired_differences(runs[name], runs[baseline])
+        seeds = sorted({r["seed"] for r in runs[name]} & {r["seed"] for r in runs[baseline]})
+        diff[METRIC]["bootstrap95"] = bootstrap_interval(
+            np.stack([correct[name, s] for s in seeds]), np.stack([correct[baseline, s] for s in seeds]), labels,
+            cfg.bootstrap)
+        return diff
+
     arms = {}
-    for arm in plan:
-        arms[arm.name] = {
-            **arm.describe(len(split.train)),
-            "summary": summaries[arm.name],
-            "vs_real": paired_differences(by_arm[arm.name], by_arm["real"])
-            if "real" in by_arm and arm.name != "real" else None,
-            "vs_best_classic": paired_differences(by_arm[arm.name], by_arm[best_classic])
-            if best_classic and arm.name != best_classic else None,
-        }
+    for name, arm in plan.items():
+        arms[name] = {**arm.describe(experiment), "summary": summaries[name],
+                      "vs_real": versus(name, "real" if "real" in plan else None),
+                      "vs_best_classic": versus(name, best_classic)}
+    counts = {part: split.counts(part) for part in ("train", "val", "test")}
+    missing = {part: [c for c, n in zip(split.classes, counts[part]) if n == 0] for part in ("val", "test")}
+    flat = [run for name in plan for run in runs[name]]
     return {
         "format": FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -153,37 +226,52 @@ def assemble(run_dir: Path, split, stats, cfg: DownstreamConfig, experiment: Exp
         "classes": list(split.classes),
         "groups": list(stats.groups),
         "grouping": stats.grouping,
-        "counts": {part: split.counts(part) for part in ("train", "val", "test")},
-        "synthetic_sets": {arm.synthetic.name: {"folder": str(arm.synthetic.folder),
-                                                "counts": arm.synthetic.counts(len(split.classes))}
-                           for arm in plan if arm.synthetic},
-        "settings": {**cfg.model_dump(), "arms": [arm.name for arm in plan], "image_size": experiment.image_size,
-                     "channels": experiment.channels, "device": str(experiment.accelerator.device),
+        "counts": counts,
+        "missing_classes": {**missing, "note": (
+            "a class without test images has no recall (null, 'n/a'); balanced accuracy, macro-F1 and the "
+            "group means are taken over the classes with test images") if missing["test"] or missing["val"] else None},
+        "synthetic_sets": {name: {"folder": str(synthetic.folder), "counts": synthetic.counts(len(split.classes))}
+                           for name, (synthetic, _) in sets.items()},
+        "settings": {**cfg.model_dump(), "arms": list(plan), "seeds": experiment.seeds,
+                     "image_size": experiment.image_size, "channels": experiment.channels,
+                     "real_size": list(experiment.real_size), "synthetic_resize": SYNTHETIC_RESIZE,
+                     "budget": {"epochs": cfg.epochs, "steps_per_epoch": experiment.steps_per_epoch,
+                                "optimizer_steps": experiment.budget, "batch_size": cfg.batch_size,
+                                "eval_every": experiment.steps_per_epoch},
+                     "device": str(experiment.accelerator.device),
                      "mixed_precision": experiment.accelerator.mixed_precision},
         "metrics": list(SCALARS),
         "best_classic": best_classic,
+        "tuning": tuning,
         "arms": arms,
-        "verdict": verdict(by_arm, summaries),
-        "runs": runs,
+        "verdict": verdict(arms, summaries, best_classic, tuning is not None),
+        "runs": flat,
     }
 
 
-def verdict(by_arm: dict[str, list[dict]], summaries: dict[str, dict]) -> dict:
-    """Which arm won on mean balanced accuracy, by how much over the runner-up (paired by seed), how reliably."""
+def verdict(arms: dict, summaries: dict[str, dict], best_classic: Optional[str], tuned: bool) -> dict:
+    """Does the synthetic candidate beat the best classic arm? "clear" only when the 95% t-interval over seeds
+    of the paired balanced-accuracy difference excludes zero. The candidate is `tuned` (chosen on val) when it
+    ran, else the synthetic arm with the best mean test score (then flagged: picked on test)."""
     ranking = sorted(summaries, key=lambda n: summaries[n][METRIC]["mean"], reverse=True)
-    winner = ranking[0]
-    score = summaries[winner][METRIC]
-    seeds = score["n"]
-    if len(ranking) == 1:
-        return {"metric": METRIC, "winner": winner, "runner_up": None, "margin": None, "ranking": ranking,
-                "text": f"only {winner} was run: balanced accuracy {score['mean']:.3f} ± {score['std']:.3f} "
-                        f"over {seeds} seed(s)"}
-    runner_up = ranking[1]
-    margin = paired_differences(by_arm[winner], by_arm[runner_up])[METRIC]
-    noise = " — within the seed spread, not a clear win" if margin["mean"] <= margin["std"] else ""
-    text = (f"{winner} won on balanced accuracy: {score['mean']:.3f} ± {score['std']:.3f}, "
-            f"{margin['mean']:+.3f} ± {margin['std']:.3f} over {runner_up} "
-            f"(ahead on {margin['wins']}/{margin['n']} seeds){noise}")
-    return {"metric": METRIC, "winner": winner, "runner_up": runner_up,
-            "margin": {k: margin[k] for k in ("mean", "std", "wins", "losses", "n")}, "ranking": ranking,
+    synthetic = [n for n in ranking if arms[n]["synthetic_set"] and (n == TUNED or not tuned)]
+    candidate = TUNED if tuned else (synthetic[0] if synthetic else None)
+    base = {"metric": METRIC, "winner": ranking[0], "ranking": ranking, "candidate": candidate,
+            "baseline": best_classic, "picked_on_test": candidate is not None and not tuned and len(synthetic) > 1}
+    score = summaries[ranking[0]][METRIC]
+    if candidate is None or best_classic is None or arms[candidate]["vs_best_classic"] is None:
+        return {**base, "status": None, "interval95": None, "bootstrap95": None, "mean": None,
+                "text": f"{ranking[0]} ranked first on balanced accuracy: {score['mean']:.3f} ± {score['std']:.3f} "
+                        f"over {score['n']} seed(s) (no synthetic arm and classic arm to compare)"}
+    diff = arms[candidate]["vs_best_classic"][METRIC]
+    interval, boot = diff["interval95"], diff["bootstrap95"]
+    status = ("no interval (one seed)" if interval is None else "clear win" if interval[0] > 0
+              else "clear loss" if interval[1] < 0 else "no clear difference")
+    label = f"{candidate} ({arms[candidate]['spec']})" if candidate == TUNED else candidate
+    text = (f"{label} vs {best_classic}: balanced accuracy {diff['mean']:+.3f}"
+            + (f", 95% t-interval over {diff['n']} seeds [{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else "")
+            + (f", test-image bootstrap [{boot[0]:+.3f}, {boot[1]:+.3f}]" if boot else "")
+            + f": {status}" + ("; picked on test among several synthetic arms, use --tune for a val choice"
+                               if base["picked_on_test"] else ""))
+    return {**base, "status": status, "mean": diff["mean"], "interval95": interval, "bootstrap95": boot,
             "text": text}

@@ -1,8 +1,11 @@
-"""Train one classifier with model selection on val balanced accuracy, and predict with it.
+"""Train one classifier for a fixed number of optimizer steps, with model selection on val balanced accuracy.
 
-AdamW with a per-step cosine schedule; after every epoch the model is scored on the val split and the best
-epoch's weights are kept (the long tail makes plain accuracy a poor selector: it rewards ignoring rare classes).
-Accelerate picks the device and, on CUDA, bf16 autocast; channels_last is used on CUDA as well.
+The budget is counted in optimizer steps, not epochs, so every arm trains equally long whatever its data
+(DESIGN.md, Downstream evaluation: fair budget). Training runs in phases (the main phase, and cRT's
+final-layer phase for a two-stage arm), each with its own AdamW and per-step cosine schedule. Every
+`eval_every` steps (and after the last) the model is scored on the val split and the best weights are kept
+(the long tail makes plain accuracy a poor selector: it rewards ignoring rare classes). Accelerate picks the
+device and, on CUDA, bf16 autocast; channels_last is used on CUDA as well.
 """
 
 from __future__ import annotations
@@ -11,16 +14,17 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn as nn
-from sklearn.metrics import balanced_accuracy_score
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from capaug.augment.config import DownstreamConfig
 from capaug.augment.errors import CapaugError
+
+from .metrics import balanced_accuracy
 
 
 def make_accelerator(mixed_precision: str = "auto"):
@@ -36,62 +40,83 @@ def make_accelerator(mixed_precision: str = "auto"):
 
 
 @dataclass
+class Phase:
+    """`steps` optimizer steps on batches (images, labels, sample weights) of `loader`, cycled as needed.
+
+    `head_only`: only the final layer learns and the backbone stays in eval mode (cRT's second stage).
+    """
+
+    loader: DataLoader
+    loss_fn: nn.Module
+    steps: int
+    head_only: bool = False
+
+
+@dataclass
 class TrainedModel:
-    """The selected model (eval mode, best val epoch) and how it got there."""
+    """The selected model (eval mode, best val step) and how it got there."""
 
     model: nn.Module
-    best_epoch: int
+    best_step: int
+    best_epoch: float  # best_step in epochs of the real training split
     val_balanced_accuracy: float
+    optimizer_steps: int
     seconds: float
 
 
-def train_classifier(
-    model: nn.Module,
-    train_set: Dataset,
-    val_set: Dataset,
-    loss_fn: nn.Module,
-    cfg: DownstreamConfig,
-    accelerator,
-    *,
-    seed: int,
-    sampler: Optional[Sampler] = None,
-) -> TrainedModel:
-    """Fit `model` for `cfg.epochs` epochs; return it with the weights of its best val balanced accuracy."""
+def train_classifier(model: nn.Module, phases: list[Phase], val_set: Dataset, cfg: DownstreamConfig, accelerator,
+                     *, eval_every: int) -> TrainedModel:
+    """Run the phases; return `model` with the weights of its best val balanced accuracy."""
     start = time.perf_counter()
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, shuffle=sampler is None,
-                        generator=generator, drop_last=len(train_set) > cfg.batch_size,
-                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
     device = accelerator.device
     channels_last = device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * len(loader))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    loss_fn = loss_fn.to(device)
-
-    best_state, best_epoch, best_score = None, -1, -1.0
-    for epoch in range(cfg.epochs):
-        model.train()
-        for images, labels in loader:
+    model = accelerator.prepare(model)
+    raw = accelerator.unwrap_model(model)
+    best_state, best_step, best_score, step = None, -1, -1.0, 0
+    total = sum(phase.steps for phase in phases)
+    for phase in phases:
+        head = set(map(id, raw.get_classifier().parameters()))
+        for p in raw.parameters():
+            p.requires_grad_(not phase.head_only or id(p) in head)
+        optimizer = accelerator.prepare(torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad],
+                                                          lr=cfg.lr, weight_decay=cfg.weight_decay))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(phase.steps, 1))
+        loss_fn = phase.loss_fn.to(device)
+        batches = _cycle(phase.loader)
+        for _ in range(phase.steps):
+            model.train()
+            if phase.head_only:
+                raw.eval()
+                raw.get_classifier().train()
+            images, labels, weights = next(batches)
             images = images.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-            loss = loss_fn(model(images).float(), labels.to(device))
+            loss = loss_fn(model(images).float(), labels.to(device), weights.to(device))
             if not math.isfinite(loss.item()):
-                raise CapaugError(f"the classifier's loss became {loss.item()} in epoch {epoch}; lower the lr")
+                raise CapaugError(f"the classifier's loss became {loss.item()} at step {step}; lower the lr")
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             optimizer.step()
             schedule.step()
-        probs, targets = predict(model, val_set, cfg, accelerator)
-        score = float(balanced_accuracy_score(targets, probs.argmax(1)))
-        if score > best_score:
-            best_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
-            best_epoch, best_score = epoch, score
-    model = accelerator.unwrap_model(model)
-    model.load_state_dict(best_state)
+            step += 1
+            if step % eval_every == 0 or step == total:
+                probs, targets = predict(model, val_set, cfg, accelerator)
+                score = balanced_accuracy(targets, probs.argmax(1), probs.shape[1])
+                if score > best_score:
+                    best_state = copy.deepcopy(raw.state_dict())
+                    best_step, best_score = step, score
+    for p in raw.parameters():
+        p.requires_grad_(True)
+    raw.load_state_dict(best_state)
     accelerator.free_memory()  # drop the accelerator's references to this model and optimizer
-    return TrainedModel(model.eval(), best_epoch, best_score, time.perf_counter() - start)
+    return TrainedModel(raw.eval(), best_step, best_step / eval_every, best_score, step, time.perf_counter() - start)
+
+
+def _cycle(loader: DataLoader) -> Iterator:
+    """The loader's batches, epoch after epoch (a shuffling loader reshuffles each time)."""
+    while True:
+        yield from loader
 
 
 @torch.no_grad()
@@ -102,7 +127,7 @@ def predict(model: nn.Module, dataset: Dataset, cfg: DownstreamConfig, accelerat
     device = accelerator.device
     memory_format = torch.channels_last if device.type == "cuda" else torch.preserve_format
     probs, targets = [], []
-    for images, labels in loader:
+    for images, labels, *_ in loader:
         with accelerator.autocast():
             logits = model(images.to(device, memory_format=memory_format))
         probs.append(logits.double().softmax(dim=1).cpu().numpy())

@@ -24,7 +24,7 @@ def train_reference(split: Split, cfg: DownstreamConfig, out_path: str | Path, s
     experiment = Experiment.prepare(split, cfg)
     train_set = experiment.dataset(split.train, train=True, seed=seed)
     trained = experiment.fit(train_set, make_loss(cfg.reweight, split.counts("train")), seed)
-    info = experiment.info(seed=seed, loss=cfg.reweight, best_epoch=trained.best_epoch,
+    info = experiment.info(seed=seed, loss=cfg.reweight, best_step=trained.best_step,
                            val_balanced_accuracy=trained.val_balanced_accuracy)
     save_classifier(out_path, trained.model, info)
     return ClassifierBundle(trained.model, info, experiment.accelerator.device)

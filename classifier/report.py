@@ -15,13 +15,14 @@ from matplotlib.figure import Figure
 from capaug.augment.io import atomic_dir, save_figure, write_json, write_text
 
 from .metrics import SCALARS
+from .stats import t_interval
 
 LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1",
           "macro_auroc": "macro AUROC", "recall_many": "Many recall", "recall_medium": "Medium recall",
           "recall_few": "Few recall"}
-PER_SEED_EXTRA = ("best_epoch", "val_balanced_accuracy", "seconds")
+PER_SEED_EXTRA = ("optimizer_steps", "best_step", "best_epoch", "val_balanced_accuracy", "seconds")
 GRID_CLASSES, GRID_IMAGES = 12, 6
-FILES = {"recall": "recall_by_arm.png", "confusion": "confusion.png", "histogram": "class_histogram.png",
+FILES = {"intervals": "balanced_accuracy.png", "recall": "recall_by_arm.png", "confusion": "confusion.png", "histogram": "class_histogram.png",
          "grid": "real_vs_synthetic.png"}
 
 
@@ -30,6 +31,7 @@ def write_outputs(out_dir: Path, result: dict, split, real_reader, synthetic: di
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "metrics.json", result)
         write_text(tmp / "per_seed.csv", per_seed_csv(result))
+        save_figure(tmp / FILES["intervals"], interval_figure(result))
         save_figure(tmp / FILES["recall"], recall_figure(result))
         save_figure(tmp / FILES["confusion"], confusion_figure(result))
         save_figure(tmp / FILES["histogram"], histogram_figure(result))
@@ -64,44 +66,117 @@ def plus_minus(stats: dict, signed: bool = False, compact: bool = False) -> str:
     return f"{stats['mean']:{'+' if signed else ''}.3f}{sep}{stats['std']:.3f}"
 
 
+def _interval(values) -> str:
+    return "n/a" if not values else f"[{values[0]:+.3f}, {values[1]:+.3f}]"
+
+
 def report_markdown(result: dict, has_grid: bool) -> str:
-    s, arms = result["settings"], result["arms"]
+    s, arms, budget = result["settings"], result["arms"], result["settings"]["budget"]
     lines = [
         "# Downstream evaluation", "",
         f"**Verdict:** {result['verdict']['text']}", "",
         f"Model `{s['model']}` ({'timm pretrained' if s['pretrained'] else s['weights'] or 'from scratch'}), "
-        f"{s['image_size']} px, {s['channels']} channel(s), {s['epochs']} epochs, seeds 0..{s['seeds'] - 1}, "
-        f"{s['device']} ({s['mixed_precision']}). Each model is selected on val balanced accuracy and reads the "
-        f"real test split ({sum(result['counts']['test'])} images) once. Values: mean ± std over seeds.", "",
-        "| arm | train images | " + " | ".join(LABELS[m] for m in SCALARS) + " |",
-        "|---|---:|" + "---:|" * len(SCALARS),
+        f"{s['image_size']} px, {s['channels']} channel(s), seeds 0..{s['seeds'] - 1}, {s['device']} "
+        f"({s['mixed_precision']}). Every model trains {budget['optimizer_steps']} optimizer steps at batch size "
+        f"{budget['batch_size']} ({budget['epochs']} epochs of the real training split), is scored on val every "
+        f"{budget['eval_every']} steps, keeps its best val balanced accuracy, and reads the real test split "
+        f"({sum(result['counts']['test'])} images) once. Synthetic images: {s['synthetic_resize']} "
+        f"({s['real_size'][0]}x{s['real_size'][1]}). Values: mean ± std over seeds.", "",
+        f"![balanced accuracy by arm]({FILES['intervals']})", "",
+        "| arm | setting | train images | steps | " + " | ".join(LABELS[m] for m in SCALARS) + " |",
+        "|---|---|---:|---:|" + "---:|" * len(SCALARS),
     ]
     for name, arm in arms.items():
-        lines.append(f"| {name} | {arm['train_images']} | "
+        lines.append(f"| {name} | `{arm['spec']}` | {arm['train_images']} | {arm['optimizer_steps']} | "
                      + " | ".join(plus_minus(arm["summary"][m]) for m in SCALARS) + " |")
-    for key, title in (("vs_real", "real"), ("vs_best_classic", f"the best classic arm ({result['best_classic']})")):
+    missing = result["missing_classes"]
+    if missing["note"]:
+        lines += ["", f"Missing classes (test: {', '.join(missing['test']) or 'none'}; val: "
+                      f"{', '.join(missing['val']) or 'none'}): {missing['note']}."]
+    for key, title in (("vs_real", "real"), ("vs_best_classic", f"the best classic arm ({result['best_classic']}, "
+                                                                "by mean test balanced accuracy)")):
         rows = [(n, a[key]) for n, a in arms.items() if a[key]]
         if not rows:
             continue
-        lines += ["", f"Per-seed difference against {title} (mean ± std; seeds ahead / seeds):", "",
-                  "| arm | balanced acc. | macro-F1 | Few recall | ahead on |", "|---|---:|---:|---:|---:|"]
+        lines += ["", f"Paired per-seed difference against {title}: mean ± std, 95% t-interval over seeds, "
+                      "95% bootstrap over test images (balanced accuracy), seeds ahead / seeds:", "",
+                  "| arm | balanced acc. | t-interval | bootstrap | macro-F1 | Few recall | ahead on |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for name, diff in rows:
             bacc = diff["balanced_accuracy"]
-            lines.append(f"| {name} | {plus_minus(bacc, True)} | {plus_minus(diff['macro_f1'], True)} | "
+            lines.append(f"| {name} | {plus_minus(bacc, True)} | {_interval(bacc['interval95'])} | "
+                         f"{_interval(bacc['bootstrap95'])} | {plus_minus(diff['macro_f1'], True)} | "
                          f"{plus_minus(diff['recall_few'], True)} | {bacc['wins']}/{bacc['n']} |")
+    tuning = result["tuning"]
+    if tuning:
+        lines += ["", "## Tuning (val split only)", "",
+                  f"Chosen: `{tuning['chosen']}` ({tuning['selector']}). Only the chosen setting's models read "
+                  "the test split (as the arm `tuned`).", "", "| setting | val balanced acc. | chosen |",
+                  "|---|---:|:-:|"]
+        for row in tuning["grid"]:
+            lines.append(f"| `{row['spec']}` | {plus_minus(row['val_balanced_accuracy'])} | "
+                         f"{'✓' if row['chosen'] else ''} |")
+    filtered = [(n, a["settings"]["filter"]) for n, a in arms.items() if a["settings"] and a["settings"]["filter"]]
+    if filtered:
+        lines += ["", "## Filter (reference classifier band, near-copies)", "",
+                  "| arm | kept | near copies | below band | above band |", "|---|---:|---:|---:|---:|"]
+        for name, f in filtered:
+            lines.append(f"| {name} | {sum(f['kept'])} | {sum(f['dropped']['near_copy'])} | "
+                         f"{sum(f['dropped']['below_band'])} | {sum(f['dropped']['above_band'])} |")
     sets = result["synthetic_sets"]
     lines += ["", "## Per-class recall", "",
               "| class | group | train | " + "".join(f"+{n} | " for n in sets) + " | ".join(arms) + " |",
               "|---|---|---:|" + "---:|" * (len(sets) + len(arms))]
     for k, name in enumerate(result["classes"]):
         synth = "".join(f"{sets[n]['counts'][k]} | " for n in sets)
-        recalls = " | ".join(f"{a['summary']['per_class_recall']['mean'][k]:.3f}" for a in arms.values())
+        recalls = " | ".join(_recall(a["summary"]["per_class_recall"]["mean"][k]) for a in arms.values())
         lines.append(f"| {name} | {result['groups'][k]} | {result['counts']['train'][k]} | {synth}{recalls} |")
     lines += ["", "## Plots", "", f"![per-class recall]({FILES['recall']})", "",
               f"![confusion matrices]({FILES['confusion']})", "", f"![class histogram]({FILES['histogram']})"]
     if has_grid:
         lines += ["", f"![real vs synthetic]({FILES['grid']})"]
     return "\n".join(lines) + "\n"
+
+
+def _recall(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def interval_figure(result: dict) -> Figure:
+    """Left: test balanced accuracy per arm (mean, 95% t-interval over seeds, seeds as dots). Right: the paired
+    difference against the best classic arm with its t-interval (bar) and test-image bootstrap (thin)."""
+    arms = result["arms"]
+    names = list(arms)
+    fig = Figure(figsize=(max(7, 1.1 * len(names) * 2), 3.8))
+    left, right = fig.subplots(1, 2)
+    per_seed = {n: [r["balanced_accuracy"] for r in result["runs"] if r["arm"] == n] for n in names}
+    for i, name in enumerate(names):
+        values = per_seed[name]
+        mean = float(np.mean(values))
+        interval = t_interval(values)
+        if interval:
+            left.errorbar(i, mean, yerr=[[mean - interval[0]], [interval[1] - mean]], fmt="o", capsize=4, color="C0")
+        else:
+            left.plot(i, mean, "o", color="C0")
+        left.plot([i] * len(values), values, ".", color="0.6", zorder=0)
+    left.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+    left.set_ylabel("test balanced accuracy")
+    left.set_title("by arm: mean, 95% t-interval, seeds", fontsize=9)
+    rows = [(n, arms[n]["vs_best_classic"]["balanced_accuracy"]) for n in names if arms[n]["vs_best_classic"]]
+    for i, (name, diff) in enumerate(rows):
+        if diff["interval95"]:
+            low, high = diff["interval95"]
+            right.errorbar(i, diff["mean"], yerr=[[diff["mean"] - low], [high - diff["mean"]]], fmt="o", capsize=4,
+                           color="C1")
+        else:
+            right.plot(i, diff["mean"], "o", color="C1")
+        if diff["bootstrap95"]:
+            right.plot([i + 0.15] * 2, diff["bootstrap95"], color="C2", lw=1)
+    right.axhline(0, color="0.3", lw=0.8)
+    right.set_xticks(range(len(rows)), [n for n, _ in rows], rotation=30, ha="right", fontsize=7)
+    right.set_title(f"paired difference vs {result['best_classic']} (t: orange, bootstrap: green)", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def recall_figure(result: dict) -> Figure:
@@ -114,9 +189,9 @@ def recall_figure(result: dict) -> Figure:
     ax = fig.subplots()
     x = np.arange(len(order))
     for i, (name, arm) in enumerate(arms.items()):
-        recall = arm["summary"]["per_class_recall"]
-        ax.bar(x + (i - (len(arms) - 1) / 2) * width, np.asarray(recall["mean"])[order], width,
-               yerr=np.asarray(recall["std"])[order], label=name, capsize=2)
+        recall = arm["summary"]["per_class_recall"]  # None (missing class) -> nan: no bar
+        ax.bar(x + (i - (len(arms) - 1) / 2) * width, np.asarray(recall["mean"], dtype=float)[order], width,
+               yerr=np.asarray(recall["std"], dtype=float)[order], label=name, capsize=2)
     ax.set_xticks(x, [f"{result['classes'][k]}\n({counts[k]})" for k in order], fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("test recall")

@@ -16,7 +16,7 @@ data_app = typer.Typer(help="Prepare data sets: npz to folders, balanced trees t
 def from_npz(
     file: Path = typer.Argument(..., help="MedMNIST .npz (train/val/test _images and _labels)."),
     out: Path = typer.Option(..., "--out", help="New folder for the {train,val,test}/<class>/*.png tree."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an output folder capaug wrote earlier (never a foreign one)."),
 ) -> None:
     """Write a MedMNIST npz as a pre-split ImageFolder tree of PNGs."""
     from capaug.augment.convert import npz_to_folder
@@ -30,7 +30,7 @@ def make_lt(
     data: Path = typer.Argument(..., help="Balanced image folder or pre-split tree."),
     ratio: float = typer.Option(..., "--ratio", help="Imbalance ratio: largest / smallest training class."),
     out: Path = typer.Option(..., "--out", help="New folder for the long-tailed tree."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an output folder capaug wrote earlier (never a foreign one)."),
 ) -> None:
     """Keep floor(n_max * ratio^(-k/(K-1))) training files of class k (first in sorted order); copy val/test as is."""
     from capaug.augment.convert import make_long_tailed

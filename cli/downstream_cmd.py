@@ -8,7 +8,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from capaug.augment import tracking
 from capaug.augment.errors import CapaugError
+from capaug.classifier.arms import split_specs
 
 from .common import RecipeOption, SetOption, console, recipe_with
 
@@ -18,18 +20,21 @@ TABLE_METRICS = {"balanced_accuracy": "bal. acc.", "recall_few": "Few recall"}
 def downstream(
     run: Path = typer.Option(..., "--run", help="Run folder with split.json (and synthetic/ for the synthetic arm)."),
     recipe: str = RecipeOption,
-    arms: Optional[str] = typer.Option(None, "--arms", help="Comma list of real, reweight, oversample, synthetic."),
+    arms: Optional[str] = typer.Option(None, "--arms", help="Comma list of arms: real, reweight, oversample, synthetic, a --compare name; synthetic settings as BASE+la+filter+crt[w=0.5,share=0.25], e.g. synthetic+la[w=0.5]."),
+    tune: Optional[bool] = typer.Option(None, "--tune/--no-tune", help="Add the arm `tuned`: the downstream.tune_grid setting with the best mean val score (test read only by it)."),
+    tune_grid: Optional[str] = typer.Option(None, "--tune-grid", help="Comma list of synthetic arm specs for --tune (default: the recipe's)."),
     compare: Optional[list[str]] = typer.Option(None, "--compare", help="NAME=DIR: one more synthetic arm from DIR (a synthetic folder or a run folder); repeatable."),
     model: Optional[str] = typer.Option(None, "--model", help="Any timm.create_model name."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from timm's own weights (needs internet)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local checkpoint to start from (the offline path)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Classifier input size (default: the data's, at most 224)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs per model."),
-    seeds: Optional[int] = typer.Option(None, help="Seeds per arm (0..N-1)."),
+    epochs: Optional[int] = typer.Option(None, help="Budget per model in epochs of the real training split (same optimizer steps for every arm)."),
+    seeds: Optional[int] = typer.Option(None, help="Seeds per arm (0..N-1); default 5 for inputs <= 64 px, else 3."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size."),
     lr: Optional[float] = typer.Option(None, help="AdamW learning rate (cosine schedule)."),
     reweight: Optional[str] = typer.Option(None, help="Loss of the reweight arm: class-balanced or logit-adjusted."),
     mixed_precision: Optional[str] = typer.Option(None, "--mixed-precision", help="auto (bf16 on CUDA), no, bf16, fp16."),
+    report_to: str = typer.Option("none", "--report-to", help="Experiment tracker for every model's metrics: none, tensorboard, mlflow or wandb (logs under RUN/tracking/)."),
     sets: Optional[list[str]] = SetOption,
 ) -> None:
     """Train a timm classifier per arm and seed; test each once on the real test split; write RUN/downstream/."""
@@ -38,23 +43,30 @@ def downstream(
         "downstream.weights": str(weights) if weights else None, "downstream.image_size": image_size,
         "downstream.epochs": epochs, "downstream.seeds": seeds, "downstream.batch_size": batch_size,
         "downstream.lr": lr, "downstream.reweight": reweight, "downstream.mixed_precision": mixed_precision,
+        "downstream.tune": tune, "downstream.tune_grid": split_specs(tune_grid) if tune_grid is not None else None,
     }
     cfg = recipe_with(recipe, sets, **options)
-    from capaug.classifier.downstream import run_downstream
+    from capaug.classifier.downstream import plan_specs, run_downstream
 
-    chosen = [a.strip() for a in arms.split(",") if a.strip()] if arms else None
-    total = (len(chosen) if chosen is not None else len(cfg.downstream.arms)) + len(compare or [])
-    with console.status("training") as status:
-        done = []
+    chosen = split_specs(arms) if arms is not None else None
+    plan_specs(cfg.downstream, chosen, parse_compare(compare), cfg.downstream.tune)  # bad specs fail before any work
+    with console.status("training") as status, tracking.tracker(report_to, run, "downstream",
+                                                                cfg.downstream.model_dump()) as log:
 
-        def on_model(arm: str, seed: int, metrics: dict) -> None:
-            done.append(arm)
-            status.update(f"trained {len(done)}/{total * cfg.downstream.seeds} models; {arm} seed {seed}: "
-                          f"balanced accuracy {metrics['balanced_accuracy']:.3f}")
+        def on_model(arm: str, seed: int, info: dict) -> None:
+            status.update(progress_line(arm, seed, info))
+            log(tracking.scalars({k: v for k, v in info.items() if k not in ("done", "total")}, f"{arm}/"), seed)
 
         result = run_downstream(run, cfg.downstream, parse_compare(compare), chosen, data_cfg=cfg.data,
                                 on_model=on_model)
     print_summary(result, run)
+
+
+def progress_line(arm: str, seed: int, info: dict) -> str:
+    """`trained i/n models; ARM seed S: ...` with the test score, or the val score of a tuning-grid model."""
+    score = (f"balanced accuracy {info['balanced_accuracy']:.3f}" if "balanced_accuracy" in info
+             else f"val balanced accuracy {info['val_balanced_accuracy']:.3f} (tuning)")
+    return f"trained {info['done']}/{info['total']} models; {arm} seed {seed}: {score}"
 
 
 def print_summary(result: dict, run: Path) -> None:
@@ -85,21 +97,29 @@ def summary_table(result: dict) -> Table:
 
     settings = result["settings"]
     best = result["best_classic"]
-    table = Table(title=f"downstream: {settings['model']}, {settings['seeds']} seed(s), real test split, mean ± std",
-                  caption="Δ: per-seed difference in balanced accuracy; full table in report.md",
+    table = Table(title=f"downstream: {settings['model']}, {settings['seeds']} seed(s), "
+                        f"{settings['budget']['optimizer_steps']} steps per model, real test split, mean ± std",
+                  caption="Δ: paired per-seed difference in balanced accuracy; CI: t over seeds; full table in report.md",
                   box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
-    table.add_column("arm", no_wrap=True)
+    table.add_column("arm", overflow="fold")
     table.add_column("images", justify="right", no_wrap=True)
-    for label in (*TABLE_METRICS.values(), "Δ vs real", f"Δ vs {best or 'classic'}"[:13]):
+    for label in (*TABLE_METRICS.values(), "Δ vs real", f"Δ vs {best or 'classic'} [95% CI]"):
         table.add_column(label, justify="right", no_wrap=True)
     winner = result["verdict"]["winner"]
     for name, arm in result["arms"].items():
         diffs = [arm[key]["balanced_accuracy"] if arm[key] else None for key in ("vs_real", "vs_best_classic")]
         table.add_row(name, str(arm["train_images"]),
                       *(plus_minus(arm["summary"][m], compact=True) for m in TABLE_METRICS),
-                      *(plus_minus(d, signed=True, compact=True) if d else "" for d in diffs),
+                      plus_minus(diffs[0], signed=True, compact=True) if diffs[0] else "",
+                      delta(diffs[1]) if diffs[1] else "",
                       style="bold green" if name == winner else None)
     return table
+
+
+def delta(diff: dict) -> str:
+    """`+0.012 [-0.004, +0.028]`: mean paired difference and its 95% t-interval over seeds."""
+    interval = diff["interval95"]
+    return f"{diff['mean']:+.3f}" + (f" [{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else "")
 
 
 def register(app: typer.Typer) -> None:

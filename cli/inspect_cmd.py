@@ -1,4 +1,5 @@
-"""`capaug inspect`: per-class counts, shares, Many/Medium/Few groups and the imbalance ratio of a data set."""
+"""`capaug inspect`: per-class counts, shares, Many/Medium/Few groups and the imbalance ratio of a data set, and
+what would stop or mislead training: duplicate images across splits, classes without val or test images."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from capaug.augment.errors import CapaugError
 from .common import SetOption, console, recipe_with
 
 BAR_WIDTH = 20
+LISTED = 10
 
 
 def inspect(
@@ -25,18 +27,29 @@ def inspect(
 ) -> None:
     """Show the training split's class counts, shares, groups and imbalance ratio (plus val and test counts)."""
     from capaug.augment.config import DataConfig
+    from capaug.augment.io import check_output
     from capaug.augment.sources import scan_source
     from capaug.augment.split import make_split, prepare_split
 
     if data is None and run is None:
         raise CapaugError("give DATA, --run RUN, or both")
     cfg = recipe_with(recipe or "quickstart", sets).data if recipe or sets else DataConfig()
-    split = prepare_split(data, run, cfg) if run else make_split(scan_source(data), cfg)
+    if run is not None:  # a run folder is written (split.json): refuse a file or a read-only place up front
+        check_output(run, [data])
+    split = prepare_split(data, run, cfg, check=False) if run else make_split(scan_source(data, cfg.intensity), cfg)
     summary = split.describe(cfg)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
-    else:
-        console.print(summary_table(summary))
+        return
+    console.print(summary_table(summary))
+    for line in split.findings():
+        console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+    for part in ("test", "val"):
+        pairs = summary["duplicates"][f"{part}_in_train"]
+        for key, same_as in pairs[:LISTED]:
+            console.print(f"  {part}: {key} = train: {same_as}", highlight=False, soft_wrap=True)
+        if len(pairs) > LISTED:
+            console.print(f"  ... {len(pairs) - LISTED} more (--json lists all)", highlight=False)
 
 
 def summary_table(summary: dict) -> Table:

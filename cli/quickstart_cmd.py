@@ -10,13 +10,15 @@ import typer
 from .common import SetOption, console, recipe_with
 
 
+QUICKSTART_ARMS = ("downstream.tune=true", "downstream.arms=[real, reweight, oversample]")
+
+
 class PipelineProgress:
     """One live display for all three stages: a training bar, a bar per synthesized class, a classifier bar."""
 
-    def __init__(self, models: int):
+    def __init__(self):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.models = models
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[note]}"), TimeRemainingColumn(), console=console)
         self.tasks: dict[str, int] = {}
@@ -32,9 +34,10 @@ class PipelineProgress:
     def on_synthesis(self, name: str, done: int, total: int) -> None:
         self._update(f"synthesize {name}", total, done)
 
-    def on_model(self, arm: str, seed: int, metrics: dict) -> None:
-        done = self.progress.tasks[self.tasks["classifiers"]].completed + 1 if "classifiers" in self.tasks else 1
-        self._update("classifiers", self.models, done, f"{arm} seed {seed}: bal. acc. {metrics['balanced_accuracy']:.3f}")
+    def on_model(self, arm: str, seed: int, info: dict) -> None:
+        from .downstream_cmd import progress_line
+
+        self._update("classifiers", info["total"], info["done"], progress_line(arm, seed, info).partition("; ")[2])
 
     def __enter__(self):
         self.progress.__enter__()
@@ -54,9 +57,10 @@ def quickstart(
 
     from .downstream_cmd import print_summary
 
-    recipe = recipe_with("quickstart", sets)
+    # the synthetic arm is `tuned` (chosen on val from the recipe's small tune_grid); --set still overrides
+    recipe = recipe_with("quickstart", [*QUICKSTART_ARMS, *(sets or [])])
     console.rule(f"capaug quickstart: {DIGITS_LT} -> {run}")
-    with PipelineProgress(len(recipe.downstream.arms) * recipe.downstream.seeds) as progress:
+    with PipelineProgress() as progress:
         result = run_pipeline(DIGITS_LT, run, recipe, on_train=progress.on_train,
                               on_synthesis=progress.on_synthesis, on_model=progress.on_model)
     print_summary(result, run)

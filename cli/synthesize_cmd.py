@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -29,7 +30,8 @@ def synthesize(
     drop_near_copies: Optional[float] = typer.Option(None, "--drop-near-copies", help="Drop and replace images within this RMS pixel distance of a training image."),
     filter_classifier: Optional[str] = typer.Option(None, "--filter-classifier", help="Classifier trained on the real training split, for the confidence filter: a file, or 'auto' (with --run: train or reuse RUN/eval/reference_classifier.safetensors)."),
     filter_confidence: Optional[float] = typer.Option(None, "--filter-confidence", help="Drop images the classifier gives to another class above this confidence."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete the output's earlier images and start again."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete the images capaug wrote in the output and start again."),
+    keep_extra: bool = typer.Option(False, "--keep-extra", help="After lowering the target, keep the images beyond it (the manifest lists them)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit."),
     recipe: str = RecipeOption,
     sets: Optional[list[str]] = SetOption,
@@ -47,22 +49,25 @@ def synthesize(
     cfg = settings.synthesize
     from capaug.augment.split import load_split
     from capaug.augment.devices import process_state
+    from capaug.augment.io import check_output
+    from capaug.augment.runlock import run_lock
     from capaug.augment.synthesize import synthesize as run_synthesis
 
-    split = load_split(run) if run is not None else None
-    if filter_classifier == "auto":
-        if split is None:
-            raise CapaugError("--filter-classifier auto needs --run (the classifier trains on the run's split)")
-        from capaug.classifier.reference import reference_for_run
-
-        with console.status("training the reference classifier on the real training split"):
-            filter_classifier = reference_for_run(run, split, settings.downstream)
+    split = load_split(check_output(run)) if run is not None else None
+    if filter_classifier == "auto" and split is None:
+        raise CapaugError("--filter-classifier auto needs --run (the classifier trains on the run's split)")
     model = model or run / "diffusion" / "model"
     out = out or run / "synthetic"
     main = process_state().is_main_process
-    with ClassProgress(disable=dry_run or not main) as progress:
-        result = run_synthesis(model, out, cfg, split=split, classifier=filter_classifier, overwrite=overwrite,
-                               dry_run=dry_run, on_progress=progress.update)
+    with run_lock(run, "synthesize") if run is not None and not dry_run else contextlib.nullcontext():
+        if filter_classifier == "auto":
+            from capaug.classifier.reference import reference_for_run
+
+            with console.status("training the reference classifier on the real training split"):
+                filter_classifier = reference_for_run(run, split, settings.downstream)
+        with ClassProgress(disable=dry_run or not main) as progress:
+            result = run_synthesis(model, out, cfg, split=split, classifier=filter_classifier, overwrite=overwrite,
+                                   keep_extra=keep_extra, dry_run=dry_run, on_progress=progress.update)
     if not main:
         return
     if dry_run:

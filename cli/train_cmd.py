@@ -7,19 +7,22 @@ from typing import Optional
 
 import typer
 
-from .common import RecipeOption, SetOption, console, recipe_with
+from capaug.recipes import parse_assignment
+
+from .common import RecipeOption, SetOption, console, err_console, recipe_with
 
 
 def train(
     data: Optional[str] = typer.Argument(None, help="Image folder, .npz, .csv or builtin:digits-lt (default: the recipe's dataset, or the run's split)."),
     run: Path = typer.Option(..., "--run", help="Run folder (created if needed)."),
     recipe: str = RecipeOption,
-    method: Optional[str] = typer.Option(None, help="cm (Capacity Manipulation) or plain (DDPM/CBDM/OC baseline)."),
+    method: Optional[str] = typer.Option(None, help="cm (Capacity Manipulation), plain (DDPM/CBDM/OC baseline) or lowrank (the low-rank terms without L_CM, an ablation)."),
     base_loss: Optional[str] = typer.Option(None, "--base-loss", help="ddpm, cbdm or oc."),
     rho: Optional[float] = typer.Option(None, help="Low-rank ratio: rank = max(1, floor(rho * min(c_in, c_out)))."),
     targets: Optional[str] = typer.Option(None, help="Comma list: up, mid, down, attention, or module-name patterns."),
     lambda_con: Optional[float] = typer.Option(None, "--lambda-con", help="Consistency weight of L_CM."),
-    lambda_div: Optional[float] = typer.Option(None, "--lambda-div", help="Diversity weight of L_CM."),
+    lambda_div: Optional[str] = typer.Option(None, "--lambda-div", help="Diversity weight of L_CM: a number, or auto (every Few class diversifies, no Medium class does)."),
+    loss_weighting: Optional[str] = typer.Option(None, "--loss-weighting", help="none or min_snr (min-SNR-gamma weighting of L_base; --set train.snr_gamma=5)."),
     cm_fraction: Optional[float] = typer.Option(None, "--cm-fraction", help="Fraction of the batch that gets the off branch."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch per optimizer step."),
@@ -34,7 +37,8 @@ def train(
     sample_every: Optional[int] = typer.Option(None, "--sample-every", help="Write samples/step-N.png every N steps."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N steps."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the training step."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint with its recorded settings; only recovery settings (--lr, --steps, ...) may change."),
+    report_to: str = typer.Option("none", "--report-to", help="Experiment tracker: none, tensorboard, mlflow or wandb (logs under RUN/tracking/)."),
     from_pretrained: Optional[Path] = typer.Option(None, "--from-pretrained", help="Local diffusers UNet folder: LoRA fine-tuning variant."),
     sets: Optional[list[str]] = SetOption,
 ) -> None:
@@ -42,23 +46,32 @@ def train(
     options = {
         "train.method": method, "train.base_loss": base_loss, "train.rho": rho,
         "train.targets": targets.split(",") if targets else None, "train.lambda_con": lambda_con,
-        "train.lambda_div": lambda_div, "train.cm_fraction": cm_fraction, "train.steps": steps,
+        "train.lambda_div": lambda_div, "train.loss_weighting": loss_weighting, "train.cm_fraction": cm_fraction,
+        "train.steps": steps,
         "train.batch_size": batch_size, "train.grad_accum": grad_accum, "train.image_size": image_size,
         "train.lr": lr, "train.warmup_steps": warmup, "train.ema_decay": ema_decay, "train.p_uncond": p_uncond,
         "train.seed": seed, "train.mixed_precision": mixed_precision, "train.sample_every": sample_every,
         "train.checkpoint_every": checkpoint_every, "train.compile": compile,
     }
-    cfg = recipe_with(recipe, sets, **options)
-    from capaug.augment.pipeline import run_training
+    from capaug.augment.pipeline import resumed_recipe, run_training
+    from capaug.augment.train import checkpoint_dirs
 
-    with training_progress() as callback:
-        result = run_training(data, run, cfg, resume=resume, from_pretrained=from_pretrained, callback=callback,
-                              extend_steps=steps)
-    if result is not None:
-        console.print(
-            f"[green]trained[/] {result.step} steps in {result.seconds / 60:.1f} min, final loss {result.final_loss:.4f}; "
-            f"model {result.model_dir}, log {result.log_path}, samples {result.model_dir.parent / 'samples'}"
-        )
+    overrides = dict(parse_assignment(s) for s in sets or []) | {k: v for k, v in options.items() if v is not None}
+    cfg = (resume and resumed_recipe(run, overrides)) or recipe_with(recipe, sets, **options)
+    try:
+        with training_progress() as callback:
+            result = run_training(data, run, cfg, resume=resume, from_pretrained=from_pretrained, callback=callback,
+                                  report_to=report_to)
+    except KeyboardInterrupt:
+        found = checkpoint_dirs(run)
+        line = (f"the last checkpoint is {found[-1]}; continue with `capaug train --run {run} --resume`" if found
+                else "no checkpoint was written yet; rerun the command to start again")
+        err_console.print(f"[bold red]interrupted[/]: {line}", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    console.print(
+        f"[green]trained[/] {result.step} steps in {result.seconds / 60:.1f} min, final loss {result.final_loss:.4f}; "
+        f"model {result.model_dir}, log {result.log_path}, samples {result.model_dir.parent / 'samples'}"
+    )
 
 
 class training_progress:
@@ -73,12 +86,16 @@ class training_progress:
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
             TextColumn("{task.fields[speed]} img/s"), TimeRemainingColumn(), console=console, disable=not self.main,
         )
-        self.progress.__enter__()
-        self.task = None
+        self.task = None  # the bar starts with the first step, so an early error stays one line
         return self.update
 
     def update(self, row: dict) -> None:
+        if "cm_classes" in row and self.main:  # sent once before step 1
+            from capaug.augment.cm_report import describe
+
+            console.print(describe(row["cm_classes"]), highlight=False, soft_wrap=True)
         if self.task is None:
+            self.progress.start()
             self.task = self.progress.add_task("train", total=row["total"], loss="-", speed="-")
         fields = {"loss": f"{row['loss']:.4f}"}
         if "images_per_s" in row:
@@ -86,7 +103,8 @@ class training_progress:
         self.progress.update(self.task, completed=row["step"], **fields)
 
     def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
+        if self.task is not None:
+            self.progress.stop()
 
 
 def register(app: typer.Typer) -> None:

@@ -167,3 +167,55 @@ def test_lora_variant_general_always_on_expert_gated_and_folded():
         assert isinstance(unet.up_blocks[0].resnets[0].conv1, nn.Conv2d)
         assert not isinstance(unet.up_blocks[0].resnets[0].conv1, CapacityLayer)
         assert (unet(x, t, y).sample - expected).abs().max() < 1e-4
+
+
+def test_under_autocast_a_small_low_rank_term_is_not_rounded_into_a_bf16_weight():
+    torch.manual_seed(0)
+    layer = CapacityLayer(nn.Conv2d(16, 16, 3, padding=1), rank=2, sets=("expert",))
+    with torch.no_grad():
+        layer.terms["expert"].B.weight.normal_(0, 1e-4)  # B A far below bf16's resolution of W
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        exact = layer.terms["expert"](x)  # B A x in float32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            on, off = layer(x), None
+            layer.gate = 0.0
+            off = layer(x)
+            layer.gate = torch.tensor([1.0, 0.0])
+            mixed = layer(x)
+            layer.gate = SplitGate(1)
+            split = layer(x)
+    assert on.dtype == torch.float32  # the sum is kept in float32
+    torch.testing.assert_close(on - off, exact, rtol=0, atol=1e-6)
+    torch.testing.assert_close(mixed, torch.cat([on[:1], off[1:]]))
+    torch.testing.assert_close(split, torch.cat([on[:1], off[1:]]))
+
+
+def test_native_28px_unet_runs_28_14_7_and_sizes_it_cannot_halve_are_refused():
+    cfg = TrainConfig(image_size=28, unet=UNetConfig(block_out_channels=[8, 16, 16], attention_levels=[False, True, False],
+                                                     norm_num_groups=4))
+    unet = build_unet(cfg, K, channels=1).eval()
+    add_capacity(unet)
+    with torch.no_grad():
+        out = unet(torch.randn(2, 1, 28, 28), torch.tensor([10, 500]), torch.tensor([0, K])).sample
+    assert out.shape == (2, 1, 28, 28)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        TrainConfig(image_size=28, unet=UNetConfig(block_out_channels=[8, 16, 16, 16], attention_levels=[False] * 4))
+
+
+def test_unet_with_terms_runs_under_bf16_autocast_for_every_gate_form():
+    unet = tiny_unet().eval()
+    add_capacity(unet, targets=("up", "attention"))
+    randomize_capacity(unet)
+    x, t, y = inputs()
+    with torch.no_grad():
+        exact = unet(x, t, y).sample
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs = {}
+            for name, gate in [("on", 1.0), ("off", 0.0), ("mixed", torch.tensor([1.0, 0.0, 1.0, 0.0])),
+                               ("split", SplitGate(2))]:
+                with capacity_gate(unet, gate):
+                    outs[name] = unet(x, t, y).sample.float()
+    assert (outs["on"] - exact).abs().max() < 0.1  # bf16 compute, same function
+    torch.testing.assert_close(outs["mixed"][0::2], outs["on"][0::2], atol=1e-2, rtol=0)
+    torch.testing.assert_close(outs["split"], torch.cat([outs["on"][:2], outs["off"][2:]]), atol=1e-2, rtol=0)

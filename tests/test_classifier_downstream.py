@@ -15,7 +15,7 @@ from capaug.classifier.metrics import SCALARS
 from capaug.cli.app import main
 
 COUNTS = {"big": 16, "mid": 8, "rare": 6}
-OUTPUTS = ("metrics.json", "per_seed.csv", "report.md", "recall_by_arm.png", "confusion.png",
+OUTPUTS = ("metrics.json", "per_seed.csv", "report.md", "balanced_accuracy.png", "recall_by_arm.png", "confusion.png",
            "class_histogram.png", "real_vs_synthetic.png")
 
 
@@ -53,13 +53,14 @@ def run(tmp_path, make_tree, make_images):
 def test_downstream_cli_writes_every_output_with_the_documented_schema(run, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         main(["downstream", "--run", str(run), "--model", "resnet10t", "--image-size", "16", "--epochs", "1",
-              "--seeds", "2", "--batch-size", "8", "--compare", f"ddpm={tmp_path / 'ddpm_run'}"])
+              "--seeds", "2", "--batch-size", "8", "--compare", f"ddpm={tmp_path / 'ddpm_run'}",
+              "--arms", "real,reweight,oversample,synthetic", "--no-tune"])
     assert exit_.value.code == 0
     out = run / "downstream"
     assert all((out / name).is_file() for name in OUTPUTS)
 
     result = json.loads((out / "metrics.json").read_text())
-    assert result["format"] == "capaug-downstream/1"
+    assert result["format"] == "capaug-downstream/2"
     arms = ["real", "reweight", "oversample", "synthetic", "ddpm"]
     assert list(result["arms"]) == arms and result["settings"]["arms"] == arms
     assert result["classes"] == sorted(COUNTS) and len(result["groups"]) == 3
@@ -67,8 +68,8 @@ def test_downstream_cli_writes_every_output_with_the_documented_schema(run, tmp_
     assert result["synthetic_sets"]["ddpm"]["counts"] == [0, 0, 5]
     assert result["best_classic"] in ("reweight", "oversample")
     for name, arm in result["arms"].items():
-        assert set(arm) == {"loss", "sampler", "synthetic_set", "train_images", "synthetic_images", "summary",
-                            "vs_real", "vs_best_classic"}
+        assert set(arm) == {"spec", "base", "loss", "sampler", "synthetic_set", "train_images", "synthetic_images",
+                            "synthetic_counts", "settings", "optimizer_steps", "summary", "vs_real", "vs_best_classic"}
         assert set(SCALARS) <= set(arm["summary"])
         assert arm["summary"]["balanced_accuracy"]["n"] == 2
         assert len(arm["summary"]["confusion_mean"]) == 3
@@ -79,12 +80,19 @@ def test_downstream_cli_writes_every_output_with_the_documented_schema(run, tmp_
     assert result["arms"]["reweight"]["loss"] == "logit-adjusted"
     assert result["arms"]["oversample"]["sampler"] == "class-balanced"
     diff = result["arms"]["synthetic"]["vs_real"]["balanced_accuracy"]
-    assert len(diff["per_seed"]) == 2 and {"mean", "std", "wins", "losses"} <= set(diff)
+    assert len(diff["per_seed"]) == 2 and {"mean", "std", "wins", "losses", "interval95", "bootstrap95"} <= set(diff)
+    low, high = result["arms"]["synthetic"]["vs_best_classic"]["balanced_accuracy"]["interval95"]
+    assert low <= high
+    assert result["verdict"]["baseline"] == result["best_classic"] and result["verdict"]["picked_on_test"]
     verdict = result["verdict"]
-    assert verdict["winner"] == verdict["ranking"][0] and verdict["text"].startswith(verdict["winner"])
+    assert verdict["winner"] == verdict["ranking"][0] and verdict["status"] in (
+        "clear win", "clear loss", "no clear difference")
     assert len(result["runs"]) == 10
     test_images = sum(result["counts"]["test"])
     assert all(sum(map(sum, r["confusion"])) == test_images for r in result["runs"])  # the whole test split
+    budget = result["settings"]["budget"]
+    assert budget["optimizer_steps"] == 1 * budget["steps_per_epoch"]
+    assert {r["optimizer_steps"] for r in result["runs"]} == {budget["optimizer_steps"]}  # fair: same steps
 
     with open(out / "per_seed.csv") as f:
         rows = list(csv.DictReader(f))
@@ -106,6 +114,8 @@ def test_downstream_refuses_a_synthetic_set_of_another_split(run, tmp_path, make
         run_downstream(run, cfg, compare={"other": other}, arms=["real"])
     with pytest.raises(CapaugError, match="unknown arm"):
         run_downstream(run, cfg, arms=["mixup"])
+    with pytest.raises(CapaugError, match="unknown setting \\+mixup"):
+        run_downstream(run, cfg, arms=["synthetic+mixup"])
     with pytest.raises(CapaugError, match="is an arm name"):
         run_downstream(run, cfg, compare={"real": other})
     assert not (run / "downstream").exists()

@@ -53,9 +53,11 @@ def test_make_long_tailed_refuses_output_inside_data(tmp_path, make_tree):
     assert not (data / "lt").exists()
 
 
-def test_make_long_tailed_refuses_ratio_below_one(tmp_path, make_tree):
-    with pytest.raises(CapaugError, match="--ratio must be at least 1"):
-        make_long_tailed(make_tree(tmp_path / "bal", {"a": 4, "b": 4}), 0.5, tmp_path / "lt")
+@pytest.mark.parametrize("ratio", [0.5, float("nan"), float("inf"), -3])
+def test_make_long_tailed_refuses_ratio_below_one_or_not_finite(tmp_path, make_tree, ratio):
+    with pytest.raises(CapaugError, match="--ratio must be a finite number of at least 1"):
+        make_long_tailed(make_tree(tmp_path / "bal", {"a": 4, "b": 4}), ratio, tmp_path / "lt")
+    assert not (tmp_path / "lt").exists()
 
 
 def test_retinamnist_from_shared_data(shared_data, tmp_path):

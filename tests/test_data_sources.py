@@ -11,7 +11,7 @@ from capaug.augment.sources import ImageReader, scan_source
 
 def test_image_folder(lt_folder):
     catalog = scan_source(lt_folder)
-    assert catalog.source == {"kind": "folder", "path": str(lt_folder.resolve())}
+    assert catalog.source == {"kind": "folder", "path": str(lt_folder.resolve()), "intensity": "minmax"}
     assert catalog.root == lt_folder.resolve()
     assert catalog.classes == ["big", "mid", "rare"]
     assert catalog.mode == "RGB" and catalog.corrupt == [] and not catalog.presplit
@@ -93,7 +93,7 @@ def test_mixed_modes_convert_to_majority_with_warning(tmp_path, make_images):
 def test_corrupt_images_are_listed_and_skipped(tmp_path, make_tree):
     data = make_tree(tmp_path / "d", {"a": 20, "b": 20})
     (data / "a" / "broken.png").write_bytes(b"not a png")
-    with pytest.warns(UserWarning, match=r"skipping 1 corrupt or unreadable image\(s\) in .*: a/broken.png"):
+    with pytest.warns(UserWarning, match=r"skipping 1 corrupt, truncated or unreadable image\(s\) in .*: a/broken.png"):
         catalog = scan_source(data)
     assert catalog.corrupt == ["a/broken.png"] and len(catalog.items) == 40
 
@@ -102,7 +102,7 @@ def test_too_many_corrupt_images_is_an_error(tmp_path, make_tree):
     data = make_tree(tmp_path / "d", {"a": 10, "b": 10})
     (data / "a" / "x.jpg").write_bytes(b"")
     (data / "b" / "y.png").write_bytes(b"\x89PNG truncated")
-    with pytest.raises(CapaugError, match=r"2 of 22 images .* are corrupt or unreadable \(more than 5%\): a/x.jpg, b/y.png"):
+    with pytest.raises(CapaugError, match=r"2 of 22 images .* are corrupt, truncated or unreadable \(more than 5%\): a/x.jpg, b/y.png"):
         scan_source(data)
 
 

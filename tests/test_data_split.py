@@ -36,7 +36,6 @@ def test_given_splits_are_respected_and_val_carved_from_train(tmp_path, make_tre
     assert split.counts("val") == [2, 1]  # val_fraction / (1 - test_fraction) = 12.5% of train, at least one
     assert split.counts("train") == [14, 7]
     assert all(k.startswith("train/") for k, _ in split.val)
-    assert make_split(scan_source(tmp_path / "d"), DataConfig(val_fraction=0)).counts("val") == [0, 0]
 
 
 def test_npz_splits_are_kept_as_given(make_npz):
@@ -48,7 +47,6 @@ def test_class_too_small_to_split(tmp_path, make_tree):
     data = make_tree(tmp_path / "d", {"a": 5, "x": 2})
     with pytest.raises(CapaugError, match=r"class 'x' has 2 image\(s\); at least 3 are needed to split 70/10/20"):
         make_split(scan_source(data), DataConfig())
-    assert make_split(scan_source(data), DataConfig(val_fraction=0)).counts("train") == [4, 1]
 
 
 def test_class_too_small_to_carve_val(tmp_path, make_tree):
@@ -65,7 +63,7 @@ def test_prepare_writes_once_and_reuses(lt_folder, tmp_path):
     assert saved["hash"] == made.hash and saved["mode"] == "RGB" and saved["seed"] == 0
     assert saved["source"]["path"] == str(lt_folder.resolve()) and saved["corrupt"] == []
     assert len(saved["train"]) == 15 and saved["train"][0] == [made.train[0][0], made.train[0][1]]
-    with pytest.warns(UserWarning, match="keeps its own seed and fractions"):
+    with pytest.warns(UserWarning, match="keeps its own seed, fractions and intensity rule"):
         reused = prepare_split(str(lt_folder), run, DataConfig(split_seed=7))
     assert reused.hash == made.hash and reused.train == made.train
     assert load_split(run).hash == made.hash and prepare_split(None, run, DataConfig()).hash == made.hash
@@ -105,3 +103,13 @@ def test_reader_and_stats_from_split(tmp_path):
     assert split.reader().read(split.train[0][0]).shape == (8, 8, 1)
     stats = split.stats(DataConfig())
     assert stats.grouping == "thresholds" and stats.imbalance_ratio == 20.0
+
+
+def test_presplit_classes_without_test_or_val_images_are_named(tmp_path, make_images):
+    layout = {"train": {"a": 6, "b": 6, "c": 6}, "val": {"a": 1, "c": 1}, "test": {"a": 2, "b": 2}}
+    for seed, (part, name, n) in enumerate((p, c, n) for p, counts in layout.items() for c, n in counts.items()):
+        make_images(tmp_path / "d" / part / name, n, seed=seed)
+    split = make_split(scan_source(tmp_path / "d"), DataConfig())
+    assert split.describe(DataConfig())["missing"] == {"val": ["b"], "test": ["c"]}
+    with pytest.warns(UserWarning, match="class\\(es\\) c have no test images: their test results will be missing"):
+        prepare_split(tmp_path / "d", tmp_path / "run", DataConfig())

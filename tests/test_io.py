@@ -38,3 +38,36 @@ def test_output_inside_the_data_folder_is_refused(tmp_path):
     with pytest.raises(CapaugError, match="inside the data folder"):
         ensure_outside(data / "run", data)
     ensure_outside(tmp_path / "run", data)
+
+
+def test_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    import errno
+    import pathlib
+
+    target = tmp_path / "plan.json"
+    write_text(target, "old")
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full)
+    with pytest.raises(CapaugError, match=r"disk full while writing .*plan.json: the previous plan.json is intact"):
+        write_text(target, "new")
+    with pytest.raises(CapaugError, match=r"disk full while writing .*d: nothing was written"):
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "x").write_bytes(b"data")
+    monkeypatch.undo()
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
+
+
+def test_output_checks_resolve_symlinks_and_both_directions(tmp_path):
+    from capaug.augment.io import check_output
+
+    data = tmp_path / "data"
+    (data / "a").mkdir(parents=True)
+    (tmp_path / "alias").symlink_to(data)
+    with pytest.raises(CapaugError, match="inside the data folder"):
+        check_output(tmp_path / "alias" / "out", [data])
+    with pytest.raises(CapaugError, match="contains the input"):
+        check_output(tmp_path, [tmp_path / "alias"])
+    assert check_output(tmp_path / "out", [data, None, "builtin:digits-lt"]) == tmp_path / "out"

@@ -1,12 +1,19 @@
+import math
+
 import pytest
 import torch
 
 from capaug.augment.losses import (
+    auto_lambda_div,
     cbdm_loss,
     cbdm_pairs,
     class_weights,
+    cm_class_report,
+    cm_coefficients,
     cm_loss,
     ddpm_loss,
+    diversity_threshold,
+    min_snr_weights,
     oc_loss,
     oc_partners,
 )
@@ -89,3 +96,55 @@ def test_oc_is_numerically_safe_and_reduces_to_ddpm_at_low_noise():
     eps_pred = torch.randn_like(eps)
     expected = ddpm_loss(eps_pred, eps).item()
     assert oc_loss(eps_pred, x_t, x0, alpha_bar, class_prob).item() == pytest.approx(expected, rel=1e-3)
+
+
+RETINA = [486, 128, 206, 194, 66]  # RetinaMNIST training counts, grades 0..4
+
+
+def retina_groups():
+    from capaug.augment.stats import class_stats
+
+    return class_stats([f"grade{k}" for k in range(5)], RETINA).groups
+
+
+def test_released_lambda_div_leaves_only_the_smallest_retina_class_diversifying():
+    report = cm_class_report([f"grade{k}" for k in range(5)], RETINA, retina_groups(), 1.0, 0.2)
+    assert [r["diversifies"] for r in report["classes"]] == [False, False, False, False, True]
+    assert report["classes"][4]["c"] == pytest.approx(-0.13, abs=0.01)
+    assert report["batch_mean_coefficient"] == pytest.approx(1.31, abs=0.01)
+    assert report["n_star"] == pytest.approx(79, abs=1)
+    assert report["few_diversify"]  # grade 4 is Few and diversifies, weakly
+
+
+def test_auto_lambda_div_puts_n_star_between_few_and_medium_on_retinamnist():
+    groups = retina_groups()
+    assert groups == ["many", "few", "many", "medium", "few"]  # terciles: no class under 20 images
+    lam = auto_lambda_div(RETINA, groups, lambda_con=1.0)
+    assert diversity_threshold(RETINA, 1.0, lam) == pytest.approx(math.sqrt(128 * 194))
+    report = cm_class_report([f"grade{k}" for k in range(5)], RETINA, groups, 1.0, lam)
+    assert [r["diversifies"] for r in report["classes"]] == [False, True, False, False, True]
+    assert all(r["diversifies"] == (r["group"] == "few") for r in report["classes"])
+
+
+def test_auto_lambda_div_edge_cases():
+    # two classes: no Medium group, the Many count bounds N*
+    assert diversity_threshold([100, 10], 1.0, auto_lambda_div([100, 10], ["many", "few"], 1.0)) == pytest.approx(
+        math.sqrt(1000))
+    # balanced data: the paper's form lambda_div = lambda_con, nobody is pushed either way
+    assert auto_lambda_div([50, 50, 50], ["many", "medium", "few"], 2.0) == pytest.approx(2.0)
+    # no Few group given: the smallest class stands in for it
+    lam = auto_lambda_div([300, 200, 40], ["many", "many", "medium"], 1.0)
+    assert diversity_threshold([300, 200, 40], 1.0, lam) == pytest.approx(math.sqrt(40 * 40))
+    assert diversity_threshold([10, 1], 0.0, 0.0) == 0.0 and diversity_threshold([10, 1], 0.0, 1.0) == math.inf
+
+
+def test_cm_coefficients_match_the_loss_weights():
+    w_con, w_div = class_weights(RETINA)
+    torch.testing.assert_close(cm_coefficients(RETINA, 1.0, 0.2), w_con - 0.2 * w_div)
+
+
+def test_min_snr_weights_and_weighted_mse():
+    snr = torch.tensor([100.0, 5.0, 0.5])
+    torch.testing.assert_close(min_snr_weights(snr, 5.0), torch.tensor([0.05, 1.0, 1.0]))
+    a, b = torch.zeros(3, 1, 2, 2), torch.ones(3, 1, 2, 2)
+    assert ddpm_loss(a, b, torch.tensor([0.05, 1.0, 1.0])).item() == pytest.approx(2.05 / 3)

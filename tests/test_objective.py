@@ -6,6 +6,7 @@ from diffusers import DDPMScheduler
 
 from capaug.augment.capacity import add_capacity, capacity_parameters
 from capaug.augment.config import TrainConfig, UNetConfig
+from capaug.augment.losses import auto_lambda_div
 from capaug.augment.objective import DiffusionObjective
 from capaug.augment.unet import build_unet
 
@@ -18,7 +19,7 @@ def objective(targets=("up",), seed=0, **train):
         image_size=16, unet=UNetConfig(block_out_channels=[16, 32], norm_num_groups=8, dropout=0.1), **train
     )
     unet = build_unet(cfg, len(COUNTS), channels=3)
-    if cfg.method == "cm":
+    if cfg.method in ("cm", "lowrank"):
         add_capacity(unet, cfg.rho, targets=targets)
     return DiffusionObjective(unet, DDPMScheduler(), cfg, COUNTS)
 
@@ -111,3 +112,49 @@ def test_on_and_off_branches_share_dropout_masks(fast):
     torch.testing.assert_close(eps_on[off], eps_off, atol=1e-5, rtol=0)
     again, _ = obj.predict(x0, t, labels, off, fast=fast)
     assert (again - eps_on).abs().max() > 1e-4  # dropout is really active: fresh masks every call
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_d_under_bf16_autocast_matches_float32(fast):
+    """d is a difference of nearly equal predictions: rounded to bf16 it became noise (30x too large here)."""
+    obj = objective().eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for layer_b in (p for p in capacity_parameters(obj.unet) if p.shape[-2:] == (1, 1)):
+            layer_b.copy_(torch.randn(layer_b.shape, generator=g) * 1e-3)  # a small, non-trivial theta_e
+    x0, labels = batch()
+    t, off = torch.randint(0, 1000, (8,), generator=g), torch.arange(8)
+    d = {}
+    for name, autocast in [("fp32", torch.autocast("cpu", enabled=False)),
+                           ("bf16", torch.autocast("cpu", dtype=torch.bfloat16))]:
+        with torch.no_grad(), autocast:
+            eps_on, eps_off = obj.predict(x0, t, labels, off, fast=fast)
+        d[name] = ((eps_on.float() - eps_off.float()) ** 2).mean().item()
+        if name == "fp32":
+            assert 1e-7 < d[name] / (eps_off ** 2).mean().item() < 1e-5  # d ~ 1e-6 of the prediction's power
+    assert d["bf16"] == pytest.approx(d["fp32"], rel=0.1)
+
+
+def test_lowrank_trains_the_terms_without_cm_loss():
+    obj = objective(method="lowrank")
+    assert capacity_parameters(obj.unet) and not obj.fast_path
+    out = obj(*batch())
+    assert out["loss_cm"] == 0 and torch.isnan(out["d"]).all()
+    out["loss"].backward()
+    assert obj.unet.up_blocks[0].resnets[0].conv1.terms["expert"].B.weight.grad.abs().sum() > 0
+
+
+def test_lambda_div_auto_is_resolved_from_the_groups():
+    assert objective().lambda_div == 0.2
+    obj = objective(lambda_div="auto")
+    assert obj.lambda_div == pytest.approx(auto_lambda_div(COUNTS, ["many", "medium", "few"], 1.0))
+    assert objective(lambda_div="auto", lambda_con=2.0).lambda_div == pytest.approx(2 * obj.lambda_div)
+
+
+def test_min_snr_weighting_downweights_low_noise_steps():
+    losses = {}
+    for weighting in ("none", "min_snr"):
+        obj = objective(loss_weighting=weighting)
+        torch.manual_seed(5)
+        losses[weighting] = obj(*batch())["loss_base"].item()
+    assert losses["min_snr"] < losses["none"]  # every weight is <= 1, low-noise ones far below

@@ -1,9 +1,12 @@
-"""bench/protocol.py end to end on digits with a tiny budget: two methods, one table."""
+"""bench/protocol.py: method variants and generator seeds, then end to end on digits with a tiny budget."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 PROTOCOL = Path(__file__).resolve().parents[1] / "bench" / "protocol.py"
 TINY = ["train.image_size=16", "train.unet.block_out_channels=[16, 32]", "train.unet.norm_num_groups=4",
@@ -12,20 +15,58 @@ TINY = ["train.image_size=16", "train.unet.block_out_channels=[16, 32]", "train.
         "downstream.model=resnet10t", "downstream.image_size=16"]
 
 
+@pytest.fixture(scope="module")
+def protocol():
+    spec = importlib.util.spec_from_file_location("protocol", PROTOCOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_method_variants_and_generator_seeds(protocol):
+    from capaug.recipes import load_recipe
+
+    base = load_recipe("quickstart")
+    r = protocol.method_recipe(base, "cm@lambda_div=auto@min_snr@synthesize.sampler=ddpm", steps=7, gen_seed=2)
+    assert (r.train.method, r.train.lambda_div, r.train.loss_weighting, r.train.steps) == ("cm", "auto", "min_snr", 7)
+    assert r.train.seed == base.train.seed + 2 and r.synthesize.sampler == "ddpm"
+    low = protocol.method_recipe(base, "lowrank", steps=7)
+    assert (low.train.method, low.train.base_loss, low.train.seed) == ("lowrank", "ddpm", base.train.seed)
+    assert protocol.run_name("cm@lambda_div=0.2", 0) == "cm@lambda_div=0.2"
+    assert protocol.run_name("cm@lambda_div=0.2", 1) == "cm@lambda_div=0.2-seed1"
+    for bad in ("dpm", "cm@lambda_div", "cm@lambda_div=lots", "cm@no_such_key=1"):
+        with pytest.raises(ValueError):
+            protocol.method_recipe(base, bad, steps=7)
+    assert protocol.label_and_seeds("cm@lambda_div=auto@seeds=3@min_snr", 1) == ("cm@lambda_div=auto@min_snr", 3)
+    assert protocol.label_and_seeds("lowrank", 2) == ("lowrank", 2)
+    for bad in ("cm@seeds=0", "cm@seeds=two"):
+        with pytest.raises(ValueError):
+            protocol.label_and_seeds(bad, 1)
+    same = protocol.method_recipe(base, "cm@seeds=2@lambda_div=auto", steps=7)
+    assert same == protocol.method_recipe(base, "cm@lambda_div=auto", steps=7)
+    assert protocol.spread([3.0, 5.0]) == {"mean": 4.0, "std": pytest.approx(2 ** 0.5), "n": 2}
+    assert protocol.spread([3.0]) == {"mean": 3.0, "std": None, "n": 1}
+
+
 def test_protocol_runs_end_to_end_on_digits(tmp_path):
     out = tmp_path / "protocol"
+    methods = ["lowrank", "cm@lambda_div=auto@min_snr"]
     cmd = [sys.executable, str(PROTOCOL), "--data", "builtin:digits-lt", "--recipe", "quickstart", "--steps", "3",
-           "--methods", "plain,cm", "--eval-per-class", "6", "--out", str(out)]
+           "--methods", "lowrank,cm@lambda_div=auto@seeds=2@min_snr", "--gen-seeds", "1", "--eval-per-class", "6",
+           "--out", str(out)]
     for assignment in TINY:
         cmd += ["--set", assignment]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((out / "protocol.json").read_text())
-    assert set(result["methods"]) == {"plain", "cm"}
-    assert set(result["downstream"]) == {"real", "reweight", "oversample", "plain", "cm"}
-    for method in ("plain", "cm"):
-        row = result["methods"][method]
-        assert row["fid"]["overall"] is not None and row["fid"]["many"] is not None  # every class was sampled
-        assert row["train_images_per_s"] > 0
+    runs = ["lowrank", "cm@lambda_div=auto@min_snr", "cm@lambda_div=auto@min_snr-seed1"]
+    assert set(result["methods"]) == set(methods) and set(result["runs"]) == set(runs)
+    assert set(result["downstream"]) == {"real", "reweight", "oversample", *runs}
+    for method, seeds in zip(methods, (1, 2)):
+        fid = result["methods"][method]["fid"]
+        assert fid["overall"]["n"] == seeds and (fid["overall"]["std"] is None) == (seeds == 1)
+        assert fid["many"]["mean"] is not None and result["methods"][method]["train_images_per_s"] > 0
+    assert result["runs"]["cm@lambda_div=auto@min_snr"]["d_final"] and not result["runs"]["lowrank"]["d_final"]
     table = (out / "protocol.md").read_text()
-    assert "| cm |" in table and "| real |" in table and "verdict:" in table
+    assert set(json.loads((out / "generators.json").read_text())) == set(runs)
+    assert "| lowrank | 1 |" in table and "| cm@lambda_div=auto@min_snr | 2 |" in table and "| real |" in table and "verdict:" in table and " ± " in table

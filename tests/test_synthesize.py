@@ -93,7 +93,7 @@ def test_exact_counts_manifest_and_outputs(run, reference):
     assert [a["name"] for a in plan["audit"]] == ["mid", "rare"]
     audit = read_csv(out / "audit.csv")
     assert len(audit) == len(rows) and all(0 < float(a["distance"]) <= 1 for a in audit)
-    assert Image.open(out / "preview.png").size[1] == 2 + 6 * 18  # real + synthetic row for each of 3 classes
+    assert Image.open(out / "preview.png").size[1] == 2 + 6 * 66  # real + synthetic row per class, 16 px shown at 64
 
 
 def test_same_seed_same_images_independent_of_batch_size(run, reference, tmp_path):
@@ -254,9 +254,63 @@ def test_missing_or_foreign_model_folder(tmp_path):
 
 def test_refuses_a_foreign_output_folder(run, tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
-    with pytest.raises(CapaugError, match="not a capaug synthesis folder"):
+    with pytest.raises(CapaugError, match="not written by capaug"):
         synthesize(model(run), tmp_path, cfg(), split=run[1], overwrite=True)
-    assert (tmp_path / "mine.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+
+
+def test_model_and_out_never_write_inside_the_recorded_data(run, tmp_path, capsys):
+    """Without --run the output is checked against the data in the model's RUN/split.json, and the model."""
+    data = Path(run[1].source["path"])
+    with pytest.raises(CapaugError, match="inside the data folder"):
+        synthesize(model(run), data / "synthetic", cfg())
+    with pytest.raises(CapaugError, match="inside the data folder"):
+        synthesize(model(run), model(run) / "synthetic", cfg())
+    from capaug.cli.app import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["synthesize", "--model", str(model(run)), "--out", str(data / "synthetic")])
+    assert done.value.code == 2 and "inside the data folder" in capsys.readouterr().err
+    assert not (data / "synthetic").exists()
+
+
+def test_overwrite_removes_only_what_synthesis_wrote(run, reference, tmp_path):
+    out = tmp_path / "synthetic"
+    shutil.copytree(reference[0], out)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(CapaugError, match=r"holds files capaug did not write \(notes.txt\)"):
+        synthesize(model(run), out, cfg(), split=run[1], overwrite=True)
+    assert (out / "notes.txt").exists() and json.loads((out / "plan.json").read_text())["status"] == "complete"
+    (out / ".capaug-output").unlink()  # a folder from before markers: adopted by its plan.json, resumed as it is
+    assert synthesize(model(run), out, cfg(), split=run[1]).made == 0
+    assert "rare" in json.loads((out / ".capaug-output").read_text())["entries"]
+
+
+def test_read_only_output_is_refused_up_front(run, tmp_path, monkeypatch):
+    import os
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.fspath(p) == str(tmp_path) else real(p, mode, **kw))
+    with pytest.raises(CapaugError, match="not writable"):
+        synthesize(model(run), tmp_path / "synthetic", cfg(), split=run[1])
+    assert not (tmp_path / "synthetic").exists()
+
+
+def test_a_lowered_target_needs_keep_extra_or_overwrite(run, tmp_path):
+    out, targets = tmp_path / "synthetic", tmp_path / "targets.yaml"
+    targets.write_text("mid: 9\nrare: 8\n")
+    synthesize(model(run), out, cfg(target=str(targets)), split=run[1])
+    targets.write_text("mid: 7\nrare: 5\n")  # edited to lower counts, then rerun
+    with pytest.raises(CapaugError, match=r"lowered target .*mid: 5 on disk, 3 wanted, rare: 6 on disk, 3 wanted.*--keep-extra.*--overwrite"):
+        synthesize(model(run), out, cfg(target=str(targets)), split=run[1])
+    assert json.loads((out / "plan.json").read_text())["status"] == "complete"  # a refusal leaves the plan as it was
+    kept = synthesize(model(run), out, cfg(target=str(targets)), split=run[1], keep_extra=True)
+    plan = json.loads((out / "plan.json").read_text())
+    assert kept.made == 0 and plan["status"] == "complete" and plan["kept_beyond_target"] == {"mid": 2, "rare": 3}
+    assert len(read_csv(out / "manifest.csv")) == 11
+    again = synthesize(model(run), out, cfg(target=str(targets)), split=run[1], overwrite=True)
+    assert again.made == 6 and len(read_csv(out / "manifest.csv")) == 6
+    assert "kept_beyond_target" not in json.loads((out / "plan.json").read_text())
 
 
 def capaug(*args):

@@ -43,7 +43,9 @@ def test_file_mapping(tmp_path, suffix):
 @pytest.mark.parametrize(
     "policy, message",
     [("balanced:x", "not a whole number"), ("balanced:0", "at least 1"), ("ratio:0.5", "at least 1"),
-     ("square", "unknown target"), ("missing.yaml", "does not exist")],
+     ("square", "unknown target"), ("missing.yaml", "does not exist"), ("ratio:nan", "finite number of at least 1"),
+     ("ratio:inf", "finite number of at least 1"), ("ratio:-3", "at least 1"), ("ratio:abc", "not a number"),
+     ("ratio:", "not a number")],
 )
 def test_bad_policies_are_one_line_errors(policy, message):
     with pytest.raises(CapaugError, match=message):

@@ -1,4 +1,5 @@
-"""The training loop: loss goes down, resume after SIGKILL, NaN stop, determinism, LoRA variant, two processes."""
+"""The training loop: loss goes down, resume after SIGKILL, NaN stop, determinism, LoRA variant, two processes,
+bad settings refused at load, capacity model from wrapped checkpoints."""
 
 import csv
 import json
@@ -57,6 +58,10 @@ def test_short_run_lowers_loss_and_writes_the_run_folder(tmp_path):
 
     UNet2DModel.from_pretrained(d / "model")  # folded: a plain diffusers UNet
     assert json.loads((d / "model" / "capaug.json").read_text())["step"] == 60
+    from PIL import Image
+
+    with Image.open(d / "samples" / "step-60.png") as grid:  # 10 classes x 8 samples, 16 px shown at 64 px
+        assert grid.size == (1 + 8 * 65, 1 + 10 * 65)
 
 
 def test_refuses_to_overwrite_a_run_and_resume_needs_a_checkpoint(tmp_path):
@@ -159,3 +164,51 @@ def test_two_process_gloo_run_keeps_identical_weights(tmp_path):
     assert fingerprints[0]["world"] == 2 and fingerprints[1]["world"] == 2
     assert fingerprints[0]["weights"] == fingerprints[1]["weights"]
     assert fingerprints[0]["step"] == 4
+    # `analyze capacity` reads the checkpoint written under DDP
+    from typer.testing import CliRunner
+
+    from capaug.cli.app import app
+
+    out = CliRunner().invoke(app, ["analyze", "capacity", "--run", str(run), "--prune", "0,0.3",
+                                   "--images-per-class", "2", "--draws", "1", "--device", "cpu"])
+    assert out.exit_code == 0, out.output
+    assert "theta_g alone" in out.output
+
+
+def test_capacity_model_loads_from_compiled_and_ddp_checkpoint_keys(tmp_path):
+    from safetensors.torch import save_file
+
+    from capaug.augment.model_io import load_capacity_model
+
+    run = tmp_path / "run"
+    result = run_training("builtin:digits-lt", run, tiny(**{"train.steps": 2}))
+    path = run / "diffusion" / "checkpoints" / "step-2" / "model.safetensors"
+    # torch.compile and DDP name the trained module `_orig_mod` / `module` in what they save
+    compiled = torch.compile(torch.nn.Sequential(torch.nn.Linear(1, 1)))
+    assert next(iter(compiled.state_dict())).startswith("_orig_mod.")
+    save_file({f"module._orig_mod.{k}": v for k, v in load_file(path).items()}, path)
+    unet, _, saved = load_capacity_model(run, use_ema=False)
+    trained = result.unet.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in unet.state_dict().items())
+    assert saved["train"]["method"] == "cm"
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("train.sample_every", 0, "'train.sample_every': Input should be greater than or equal to 1"),
+    ("train.checkpoint_every", 0, "'train.checkpoint_every': Input should be greater than or equal to 1"),
+    ("train.log_every", 0, "'train.log_every': Input should be greater than or equal to 1"),
+    ("train.num_workers", -1, "'train.num_workers': Input should be greater than or equal to 0"),
+    ("train.image_size", 17, "image_size 17 must be divisible by 2"),
+])
+def test_settings_that_cannot_work_are_refused_when_the_recipe_loads(key, value, says):
+    with pytest.raises(CapaugError, match=f"^recipe quickstart: bad value for .*{says}"):
+        load_recipe("quickstart", {key: value})
+
+
+def test_train_cli_refuses_a_zero_interval_before_touching_the_run(tmp_path):
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "capaug.cli", "train", "builtin:digits-lt", "--run", str(run),
+                           "--sample-every", "0"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "train.sample_every" in done.stderr and "Traceback" not in done.stderr
+    assert not run.exists()
