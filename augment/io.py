@@ -182,21 +182,35 @@ def _owned(name: str, entries: Iterable[str]) -> bool:
     return name.startswith(OWN_PREFIX) or any(name == e or name.startswith(f".{e}.") for e in entries)
 
 
+# Folders written by capaug before markers existed, known by a file only capaug writes there, and what they held.
+LEGACY_OUTPUTS = {
+    "capaug.json": ("capaug.json", "config.json", "diffusion_pytorch_model.safetensors", "scheduler"),
+    "report.md": ("metrics.json", "per_seed.csv", "report.md", "recall_by_arm.png", "confusion.png",
+                  "class_histogram.png", "real_vs_synthetic.png"),
+}
+
+
 def read_marker(folder: str | os.PathLike) -> Optional[dict]:
-    """The folder's marker, or None when capaug did not create it (or the marker is unreadable)."""
+    """The folder's marker, or None when capaug did not create it (or the marker is unreadable).
+
+    A model or downstream folder from a capaug version before markers gets its old file list as the marker, so
+    resuming an old run can replace it; anything else in it still counts as foreign."""
+    folder = Path(folder)
     try:
-        marker = json.loads((Path(folder) / MARKER).read_text())
+        marker = json.loads((folder / MARKER).read_text())
     except (OSError, ValueError):
-        return None
+        legacy = [files for sign, files in LEGACY_OUTPUTS.items() if (folder / sign).is_file()]
+        return {"written_by": "capaug (before markers)", "entries": list(legacy[0])} if legacy else None
     return marker if isinstance(marker, dict) and isinstance(marker.get("entries"), list) else None
 
 
 def mark_output(folder: str | os.PathLike, command: str, entries: Iterable[str] = ()) -> None:
     """Record in `folder`'s marker that `command` writes the top-level `entries` (added to those already listed)."""
     folder = Path(folder)
-    before = read_marker(folder) or {"created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    before = read_marker(folder) or {}
+    created = before.get("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     listed = sorted({*before.get("entries", []), *(e for e in entries if e != MARKER)})
-    write_json(folder / MARKER, {"written_by": f"capaug {command}".strip(), "created": before["created"], "entries": listed})
+    write_json(folder / MARKER, {"written_by": f"capaug {command}".strip(), "created": created, "entries": listed})
 
 
 def check_replaceable(out: str | os.PathLike, overwrite: bool, resume: bool = False) -> None:

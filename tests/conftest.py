@@ -36,6 +36,27 @@ def lt_folder(tmp_path) -> Path:
     return write_tree(tmp_path / "data", LONG_TAIL)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread per test: the suite shares two cores with other work, where more threads only contend."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def load_bench_script(name: str):
+    """Import `bench/<name>.py` as a module (bench/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

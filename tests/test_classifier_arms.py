@@ -28,13 +28,6 @@ COUNTS = {"big": 16, "mid": 8, "rare": 6}
 TINY = dict(model="resnet10t", image_size=16, epochs=2, batch_size=8, seeds=1, bootstrap=50)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture
 def run(tmp_path, make_tree, make_images):

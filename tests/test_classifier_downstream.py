@@ -4,7 +4,6 @@ import csv
 import json
 
 import pytest
-import torch
 
 from capaug.augment.config import DataConfig, DownstreamConfig
 from capaug.augment.errors import CapaugError
@@ -18,14 +17,6 @@ COUNTS = {"big": 16, "mid": 8, "rare": 6}
 OUTPUTS = ("metrics.json", "per_seed.csv", "report.md", "balanced_accuracy.png", "recall_by_arm.png", "confusion.png",
            "class_histogram.png", "real_vs_synthetic.png")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the tests share two cores with other work, where more threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_synthetic(folder, make_images, split, per_class, seed):

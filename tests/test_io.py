@@ -6,7 +6,7 @@ import stat
 import pytest
 
 from capaug.augment.errors import CapaugError
-from capaug.augment.io import atomic_dir, ensure_outside, write_text
+from capaug.augment.io import MARKER, atomic_dir, ensure_outside, write_text
 
 
 def test_failed_write_leaves_the_old_file(tmp_path):
@@ -71,3 +71,21 @@ def test_output_checks_resolve_symlinks_and_both_directions(tmp_path):
     with pytest.raises(CapaugError, match="contains the input"):
         check_output(tmp_path, [tmp_path / "alias"])
     assert check_output(tmp_path / "out", [data, None, "builtin:digits-lt"]) == tmp_path / "out"
+
+
+def test_a_model_folder_from_before_markers_is_replaced_but_foreign_files_are_not(tmp_path):
+    """Resuming a run written by an older capaug must not fail at the final model save."""
+    old = tmp_path / "model"
+    old.mkdir()
+    for name in ("capaug.json", "config.json", "diffusion_pytorch_model.safetensors"):
+        (old / name).write_text("old")
+    with atomic_dir(old, "train") as tmp:
+        (tmp / "capaug.json").write_text("new")
+    assert (old / "capaug.json").read_text() == "new"
+
+    (old / "notes.txt").write_text("mine")
+    (old / MARKER).unlink()
+    with pytest.raises(CapaugError, match="notes.txt"):
+        with atomic_dir(old, "train") as tmp:
+            pass
+    assert (old / "notes.txt").read_text() == "mine"

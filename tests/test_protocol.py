@@ -1,12 +1,13 @@
 """bench/protocol.py: method variants and generator seeds, then end to end on digits with a tiny budget."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import load_bench_script
 
 PROTOCOL = Path(__file__).resolve().parents[1] / "bench" / "protocol.py"
 TINY = ["train.image_size=16", "train.unet.block_out_channels=[16, 32]", "train.unet.norm_num_groups=4",
@@ -17,10 +18,7 @@ TINY = ["train.image_size=16", "train.unet.block_out_channels=[16, 32]", "train.
 
 @pytest.fixture(scope="module")
 def protocol():
-    spec = importlib.util.spec_from_file_location("protocol", PROTOCOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("protocol")
 
 
 def test_method_variants_and_generator_seeds(protocol):

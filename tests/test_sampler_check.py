@@ -1,29 +1,19 @@
 """bench/sampler_check.py on a tiny trained run: per-sampler share of samples the reference classifier misreads."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from capaug.augment.pipeline import run_training
 from capaug.recipes import load_recipe
+from conftest import load_bench_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "sampler_check.py"
 TINY = {"train.image_size": 16, "train.unet.block_out_channels": [8, 16], "train.unet.norm_num_groups": 4,
         "train.unet.attention_levels": [False, False], "train.batch_size": 8, "train.warmup_steps": 0,
         "train.steps": 2, "train.sample_every": 10_000, "train.checkpoint_every": 10_000,
         "downstream.model": "resnet10t", "downstream.epochs": 1, "downstream.image_size": 16}
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("sampler_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_sampler_check_scores_every_sampler_on_the_same_seeds(tmp_path):
-    check = load_script()
+    check = load_bench_script("sampler_check")
     assert check.parse_samplers("dpmsolver++:25,ddim:50,ddpm:100") == [("dpmsolver++", 25), ("ddim", 50), ("ddpm", 100)]
     for bad in ("euler:10", "ddpm", "ddpm:0", "ddim:x"):
         with pytest.raises(ValueError):
