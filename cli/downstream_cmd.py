@@ -101,7 +101,8 @@ def summary_table(result: dict) -> Table:
                         f"{settings['budget']['optimizer_steps']} steps per model, real test split, mean ± std",
                   caption="Δ: paired per-seed difference in balanced accuracy; CI: t over seeds; full table in report.md",
                   box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
-    table.add_column("arm", overflow="fold")
+    longest = max((len(name) for name in result["arms"]), default=3)
+    table.add_column("arm", overflow="fold", min_width=min(longest, 24))  # at 80 columns it would shrink to nothing
     table.add_column("images", justify="right", no_wrap=True)
     for label in (*TABLE_METRICS.values(), "Δ vs real", f"Δ vs {best or 'classic'} [95% CI]"):
         table.add_column(label, justify="right", no_wrap=True)

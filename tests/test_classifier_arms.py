@@ -164,3 +164,21 @@ def test_sample_weights_share_sampler_effective_prior_and_filter_band():
     kept, record = apply_band(SyntheticSet("s", None, items), scores, 0.2, 0.95, 0.02, 2)
     assert kept.items == [("b", 1)]
     assert record["dropped"] == {"near_copy": [0, 1], "below_band": [0, 1], "above_band": [0, 1]}
+
+
+def test_the_terminal_table_names_every_arm_at_80_columns():
+    from rich.console import Console
+
+    from capaug.cli.downstream_cmd import summary_table
+
+    spread = {"mean": 0.4, "std": 0.01}
+    diff = {"balanced_accuracy": {"mean": 0.01, "std": 0.02, "interval95": [-0.01, 0.03]}}
+    names = ["real", "reweight", "synthetic+la+filter+crt", "tuned"]
+    arms = {n: {"train_images": 1080, "summary": {"balanced_accuracy": spread, "recall_few": spread},
+                "vs_real": None if n == "real" else diff, "vs_best_classic": diff} for n in names}
+    result = {"settings": {"model": "resnet10t", "seeds": 5, "budget": {"optimizer_steps": 255}},
+              "best_classic": "reweight", "verdict": {"winner": "reweight"}, "arms": arms}
+    console = Console(width=80, record=True)
+    console.print(summary_table(result))
+    text = console.export_text()
+    assert all(name[:12] in text for name in names)
