@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape  # arm names such as synthetic[w=0.5] are not markup
 from rich.table import Table
 
 from capaug.augment import tracking
@@ -66,13 +67,13 @@ def progress_line(arm: str, seed: int, info: dict) -> str:
     """`trained i/n models; ARM seed S: ...` with the test score, or the val score of a tuning-grid model."""
     score = (f"balanced accuracy {info['balanced_accuracy']:.3f}" if "balanced_accuracy" in info
              else f"val balanced accuracy {info['val_balanced_accuracy']:.3f} (tuning)")
-    return f"trained {info['done']}/{info['total']} models; {arm} seed {seed}: {score}"
+    return f"trained {info['done']}/{info['total']} models; {escape(arm)} seed {seed}: {score}"
 
 
 def print_summary(result: dict, run: Path) -> None:
     """The arms table, the verdict line and where the report is."""
     console.print(summary_table(result))
-    console.print(f"[bold]verdict:[/] {result['verdict']['text']}", highlight=False)
+    console.print(f"[bold]verdict:[/] {escape(result['verdict']['text'])}", highlight=False)
     console.print(f"report: {Path(run) / 'downstream' / 'report.md'}")
 
 
@@ -109,7 +110,7 @@ def summary_table(result: dict) -> Table:
     winner = result["verdict"]["winner"]
     for name, arm in result["arms"].items():
         diffs = [arm[key]["balanced_accuracy"] if arm[key] else None for key in ("vs_real", "vs_best_classic")]
-        table.add_row(name, str(arm["train_images"]),
+        table.add_row(escape(name), str(arm["train_images"]),
                       *(plus_minus(arm["summary"][m], compact=True) for m in TABLE_METRICS),
                       plus_minus(diffs[0], signed=True, compact=True) if diffs[0] else "",
                       delta(diffs[1]) if diffs[1] else "",

@@ -173,7 +173,7 @@ def test_the_terminal_table_names_every_arm_at_80_columns():
 
     spread = {"mean": 0.4, "std": 0.01}
     diff = {"balanced_accuracy": {"mean": 0.01, "std": 0.02, "interval95": [-0.01, 0.03]}}
-    names = ["real", "reweight", "synthetic+la+filter+crt", "tuned"]
+    names = ["real", "reweight", "synthetic+la+filter+crt", "synthetic[w=0.5]", "tuned"]
     arms = {n: {"train_images": 1080, "summary": {"balanced_accuracy": spread, "recall_few": spread},
                 "vs_real": None if n == "real" else diff, "vs_best_classic": diff} for n in names}
     result = {"settings": {"model": "resnet10t", "seeds": 5, "budget": {"optimizer_steps": 255}},
@@ -181,4 +181,4 @@ def test_the_terminal_table_names_every_arm_at_80_columns():
     console = Console(width=80, record=True)
     console.print(summary_table(result))
     text = console.export_text()
-    assert all(name[:12] in text for name in names)
+    assert all(name[:12] in text for name in names) and "synthetic[w=0.5]" in text
