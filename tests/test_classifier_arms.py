@@ -28,7 +28,6 @@ COUNTS = {"big": 16, "mid": 8, "rare": 6}
 TINY = dict(model="resnet10t", image_size=16, epochs=2, batch_size=8, seeds=1, bootstrap=50)
 
 
-
 @pytest.fixture
 def run(tmp_path, make_tree, make_images):
     data = make_tree(tmp_path / "data", COUNTS, mode="L")

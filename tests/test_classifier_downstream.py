@@ -18,7 +18,6 @@ OUTPUTS = ("metrics.json", "per_seed.csv", "report.md", "balanced_accuracy.png",
            "class_histogram.png", "real_vs_synthetic.png")
 
 
-
 def write_synthetic(folder, make_images, split, per_class, seed):
     rows = []
     for name, n in per_class.items():
