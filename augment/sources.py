@@ -284,7 +284,7 @@ def _check_classes(where: str, classes: list[str], items: list[Item]) -> None:
 
 
 def pixel_hash(pixels: np.ndarray) -> str:
-    """sha256 of an image's shape and pixels: equal hashes mean equal images (as in classifier.data's guard)."""
+    """sha256 of an image's shape and pixels: equal hashes mean equal images (also the leakage guard of classifier.data)."""
     pixels = np.ascontiguousarray(pixels)
     return hashlib.sha256(repr(pixels.shape).encode() + pixels.tobytes()).hexdigest()
 

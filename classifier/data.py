@@ -8,7 +8,6 @@ images, and a test image whose pixels also appear among the training images (rea
 from __future__ import annotations
 
 import csv
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Protocol
@@ -19,6 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from capaug.augment.errors import CapaugError
+from capaug.augment.sources import pixel_hash
 
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("file", "class", "seed", "sampler", "steps", "guidance", "model_hash", "split_hash")
@@ -155,9 +155,7 @@ def content_hashes(reader: Reader, keys: Iterable[str]) -> dict[str, str]:
     """sha256 of each image's decoded pixels (shape included) -> its first key: duplicates by content."""
     hashes: dict[str, str] = {}
     for key in keys:
-        image = np.ascontiguousarray(reader.read(key))
-        digest = hashlib.sha256(repr(image.shape).encode() + image.tobytes()).hexdigest()
-        hashes.setdefault(digest, key)
+        hashes.setdefault(pixel_hash(reader.read(key)), key)
     return hashes
 
 
