@@ -48,7 +48,6 @@ def full_precision(device_type: str):
     return torch.autocast(device_type, enabled=False)
 
 
-
 def shares_encoder(unet) -> bool:
     """True when the on and off branches agree up to the up path (low-rank terms only there) and `encode`/`decode`
     cover the UNet (positional time embedding, label embedding, no skip-conv blocks)."""
