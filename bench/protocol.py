@@ -3,7 +3,9 @@
 For each method (plain, cm, lowrank, cbdm, oc, cm+oc, cm+cbdm) and each of `--gen-seeds` generator seeds: train,
 synthesize to balance (the downstream set) and a fixed number of images per class (the evaluation set, so every
 class, the largest too, gets FID), evaluate in one shared in-domain feature space; then one downstream run
-compares real / reweight / oversample with every generator's synthetic set on the same classifier and seeds.
+compares real / reweight / oversample with every generator's synthetic set on the same classifier and seeds
+(`--synthetic-arm +la+filter`: each generator's arm with that setting, e.g. the one `capaug downstream --tune`
+chose). Methods with low-rank terms also get `analyze capacity`'s theta_g-alone loss increase per group.
 FID is reported as mean and spread over generator seeds. Rerunning continues where it stopped.
 
 A method can carry settings after `@`: `cm@lambda_div=auto`, `cm@lambda_div=0.2@min_snr`,
@@ -26,8 +28,12 @@ import statistics
 import time
 from pathlib import Path
 
+from capaug.augment.analysis import analyze_capacity
+from capaug.augment.capacity import CAPACITY_METHODS
 from capaug.augment.config import Recipe
+from capaug.augment.errors import CapaugError
 from capaug.augment.evaluate import evaluate_run
+from capaug.classifier.arms import parse_arm
 from capaug.classifier.reference import REFERENCE
 from capaug.augment.io import write_json, write_text
 from capaug.augment.pipeline import run_training
@@ -136,7 +142,19 @@ def evaluate_generator(data: str, run: Path, recipe: Recipe, args, reference: Pa
     row["fid"] = {g: metrics["generative"]["per_group"].get(g, {}).get("fid") for g in GROUPS}
     row["fid"]["overall"] = metrics["generative"]["overall"]["fid"]
     row["fid_class_mean"] = metrics["generative"]["overall"]["class_mean"]["fid"]
+    row["theta_g_increase"] = theta_g_dependence(run, recipe)
     return row
+
+
+def theta_g_dependence(run: Path, recipe: Recipe) -> dict | None:
+    """`analyze capacity`'s relative loss increase with theta_e switched off, per group and per class (None for
+    a method without low-rank terms); computed once per run."""
+    if recipe.train.method not in CAPACITY_METHODS:
+        return None
+    path = run / "analysis" / "capacity.json"
+    result = json.loads(path.read_text()) if path.is_file() else analyze_capacity(run, prune_fractions=(0.0,))
+    split = result["capacity_split"]
+    return {**split["group_mean_relative_increase"], "per_class": dict(zip(result["classes"], split["relative_increase"]))}
 
 
 def spread(values: list) -> dict:
@@ -159,6 +177,12 @@ def summarize(runs: dict[str, dict]) -> dict:
     }
 
 
+def downstream_arm(run: str, setting: str) -> str:
+    """A generator's downstream arm: its run name as an arm base (arm_name) with the `--synthetic-arm` setting."""
+    base = arm_name(run)
+    return parse_arm(base + setting, (base,)).name if setting else base
+
+
 def run_protocol(args) -> dict:
     out = Path(args.out)
     base = load_recipe(args.recipe, dict(parse_assignment(s) for s in args.set or []))
@@ -175,14 +199,19 @@ def run_protocol(args) -> dict:
             write_json(out / "generators.json", runs | mine)  # each generator's result as soon as it lands
         runs |= mine
         methods[label] = summarize(mine)
+    if args.no_downstream:
+        return {"methods": methods, "runs": runs}
 
     compare = out / "downstream-compare"
     compare.mkdir(parents=True, exist_ok=True)
     shutil.copy(out / next(iter(runs)) / "split.json", compare / "split.json")
+    (compare / "eval").mkdir(exist_ok=True)  # +filter scores with the same reference classifier as the FIDs
+    shutil.copy(reference, compare / "eval" / REFERENCE)
+    arms = ["real", "reweight", "oversample", *(downstream_arm(name, args.synthetic_arm) for name in runs)]
     downstream = run_downstream(compare, base.downstream, {arm_name(name): out / name / "synthetic" for name in runs},
-                                ["real", "reweight", "oversample"], data_cfg=base.data)
+                                arms, data_cfg=base.data)
     result = {"data": data, "recipe": args.recipe, "steps": args.steps, "gen_seeds": args.gen_seeds,
-              "methods": methods, "runs": runs,
+              "synthetic_arm": args.synthetic_arm, "methods": methods, "runs": runs,
               "downstream": {arm: v["summary"] for arm, v in downstream["arms"].items()},
               "verdict": downstream["verdict"]["text"]}
     write_json(out / "protocol.json", result)
@@ -207,19 +236,30 @@ def _spread(s: dict) -> str:
     return _num(s["mean"]) + ("" if s["std"] is None else f" ± {s['std']:.1f}")
 
 
+def _dependence(names: list[str], runs: dict) -> str:
+    """theta_g-alone loss increase per group, mean over the method's generators ("-" without low-rank terms)."""
+    rows = [runs[n].get("theta_g_increase") for n in names]
+    if not all(rows):
+        return "-"
+    return " / ".join(f"{statistics.fmean(r[g] for r in rows):+.2%}" if all(r.get(g) is not None for r in rows) else "-"
+                      for g in GROUPS)
+
+
 def table(result: dict) -> str:
     """Generators (FID mean ± std over generator seeds), then every downstream arm (one per generator)."""
-    gen = ("| method | generator seeds | FID many | FID medium | FID few | FID overall | FID class-mean | train img/s "
-           "| wall time (min) |\n|---|---|---|---|---|---|---|---|---|\n")
+    gen = ("| method | generator seeds | FID many | FID medium | FID few | FID overall | FID class-mean "
+           "| theta_g alone: loss increase many / medium / few | train img/s | wall time (min) |\n"
+           "|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for name, m in result["methods"].items():
         wall = (m["train_seconds"] + m["synthesis_seconds"]) / 60
         lines.append(f"| {name} | {m['fid']['overall']['n']} | "
                      + " | ".join(_spread(m["fid"][k]) for k in (*GROUPS, "overall"))
-                     + f" | {_spread(m['fid_class_mean'])} | {_num(m['train_images_per_s'])} | {_num(wall)} |")
+                     + f" | {_spread(m['fid_class_mean'])} | {_dependence(m['runs'], result['runs'])} "
+                     + f"| {_num(m['train_images_per_s'])} | {_num(wall)} |")
     down = "| arm | balanced acc. | Few recall | d at the end (per class) |\n|---|---|---|---|\n"
     arms = []
-    run_of_arm = {arm_name(run): row for run, row in result["runs"].items()}
+    run_of_arm = {downstream_arm(run, result.get("synthetic_arm", "")): row for run, row in result["runs"].items()}
     for arm, summary in result["downstream"].items():
         d = run_of_arm.get(arm, {}).get("d_final", {})
         classes = ", ".join(f"{k} {v:.1e}" for k, v in d.items() if k not in GROUPS) or "-"
@@ -239,6 +279,9 @@ def main() -> None:
     parser.add_argument("--gen-seeds", type=int, default=1, help="generator seeds per method (train.seed + k)")
     parser.add_argument("--eval-per-class", type=int, default=100, help="images per class for FID")
     parser.add_argument("--cas", action="store_true", help="also the classification accuracy score")
+    parser.add_argument("--synthetic-arm", default="", metavar="SETTING",
+                        help="setting of every generator's downstream arm, e.g. +la+filter (default: plain)")
+    parser.add_argument("--no-downstream", action="store_true", help="train and score the generators only")
     parser.add_argument("--out", required=True)
     parser.add_argument("--set", action="append", help="recipe override KEY=VALUE (repeatable)")
     args = parser.parse_args()
@@ -251,7 +294,12 @@ def main() -> None:
             method_recipe(base, spec, args.steps)
         except ValueError as e:  # an unknown method, a malformed or invalid @ setting (pydantic's too)
             parser.error(f"method {spec}: {e}")
-    print(table(run_protocol(args)))
+    try:
+        downstream_arm("gen", args.synthetic_arm)
+    except CapaugError as e:
+        parser.error(f"--synthetic-arm: {e}")
+    result = run_protocol(args)
+    print(json.dumps(result["runs"], indent=1) if args.no_downstream else table(result))
 
 
 if __name__ == "__main__":

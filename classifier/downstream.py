@@ -37,7 +37,8 @@ SYNTHETIC_RESIZE = "PIL bilinear (antialiased) to the real images' size, once at
 
 
 def plan_specs(cfg: DownstreamConfig, arms, compare: dict, tune: bool) -> tuple[list[ArmSpec], list[ArmSpec]]:
-    """(the arms to report, the tuning grid): parsed, checked, each `compare` name added as a plain arm."""
+    """(the arms to report, the tuning grid): parsed, checked; a `compare` name that no listed arm uses
+    (`ddpm+la` uses `ddpm`) is added as a plain arm."""
     bases = ("synthetic", *compare)
     clashes = [n for n in compare if n in ("real", *CLASSIC, "synthetic", TUNED)]
     if clashes:
@@ -45,7 +46,8 @@ def plan_specs(cfg: DownstreamConfig, arms, compare: dict, tune: bool) -> tuple[
     odd = [n for n in compare if any(c in n for c in "+[],") or not n.strip()]
     if odd:
         raise CapaugError(f"--compare name {odd[0]!r} may not contain + [ ] or a comma (the arm syntax uses them)")
-    specs = parse_arms(list(arms if arms is not None else cfg.arms) + list(compare), bases)
+    specs = parse_arms(list(arms if arms is not None else cfg.arms), bases)
+    specs += parse_arms([n for n in compare if n not in {spec.base for spec in specs}], bases)
     grid = parse_arms(list(cfg.tune_grid), bases) if tune else []
     if any(not spec.synthetic for spec in grid):
         raise CapaugError("the tuning grid holds synthetic arms only (e.g. synthetic+la[w=0.5])")

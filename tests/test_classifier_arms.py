@@ -51,6 +51,12 @@ def test_arm_syntax_is_canonical_and_refuses_unknown_settings():
             parse_arm(bad)
 
 
+def test_a_compare_set_is_listed_plain_only_when_no_arm_names_it():
+    cfg, compare = DownstreamConfig(), {"ddpm": None, "cm": None}
+    specs, _ = downstream_module.plan_specs(cfg, ["real", "ddpm+la"], compare, tune=False)
+    assert [s.name for s in specs] == ["real", "ddpm+la", "cm"]
+
+
 def test_every_arm_trains_the_same_number_of_optimizer_steps(run):
     cfg = DownstreamConfig(**TINY)
     arms = ["real", "oversample", "synthetic", "synthetic[share=0.5]", "synthetic+la+filter+crt[w=0.5,crt_frac=0.5]"]

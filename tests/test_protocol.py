@@ -44,6 +44,8 @@ def test_method_variants_and_generator_seeds(protocol):
     assert same == protocol.method_recipe(base, "cm@lambda_div=auto", steps=7)
     assert protocol.spread([3.0, 5.0]) == {"mean": 4.0, "std": pytest.approx(2 ** 0.5), "n": 2}
     assert protocol.spread([3.0]) == {"mean": 3.0, "std": None, "n": 1}
+    assert protocol.downstream_arm("cm+oc-seed1", "+filter+la") == "cm&oc-seed1+la+filter"
+    assert protocol.downstream_arm("cm@lambda_div=0.2", "") == "cm@lambda_div=0.2"
 
 
 def test_protocol_runs_end_to_end_on_digits(tmp_path):
@@ -51,7 +53,7 @@ def test_protocol_runs_end_to_end_on_digits(tmp_path):
     methods = ["lowrank", "cm@lambda_div=auto@min_snr"]
     cmd = [sys.executable, str(PROTOCOL), "--data", "builtin:digits-lt", "--recipe", "quickstart", "--steps", "3",
            "--methods", "lowrank,cm@lambda_div=auto@seeds=2@min_snr", "--gen-seeds", "1", "--eval-per-class", "6",
-           "--out", str(out)]
+           "--synthetic-arm", "+la", "--out", str(out)]
     for assignment in TINY:
         cmd += ["--set", assignment]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
@@ -59,12 +61,14 @@ def test_protocol_runs_end_to_end_on_digits(tmp_path):
     result = json.loads((out / "protocol.json").read_text())
     runs = ["lowrank", "cm@lambda_div=auto@min_snr", "cm@lambda_div=auto@min_snr-seed1"]
     assert set(result["methods"]) == set(methods) and set(result["runs"]) == set(runs)
-    assert set(result["downstream"]) == {"real", "reweight", "oversample", *runs}
+    assert set(result["downstream"]) == {"real", "reweight", "oversample", *(f"{r}+la" for r in runs)}
     for method, seeds in zip(methods, (1, 2)):
         fid = result["methods"][method]["fid"]
         assert fid["overall"]["n"] == seeds and (fid["overall"]["std"] is None) == (seeds == 1)
         assert fid["many"]["mean"] is not None and result["methods"][method]["train_images_per_s"] > 0
     assert result["runs"]["cm@lambda_div=auto@min_snr"]["d_final"] and not result["runs"]["lowrank"]["d_final"]
+    dependence = result["runs"]["lowrank"]["theta_g_increase"]
+    assert {"many", "few", "per_class"} <= set(dependence) and len(dependence["per_class"]) == 10
     table = (out / "protocol.md").read_text()
     assert set(json.loads((out / "generators.json").read_text())) == set(runs)
-    assert "| lowrank | 1 |" in table and "| cm@lambda_div=auto@min_snr | 2 |" in table and "| real |" in table and "verdict:" in table and " ± " in table
+    assert "| lowrank | 1 |" in table and "| cm@lambda_div=auto@min_snr-seed1+la |" in table and "| cm@lambda_div=auto@min_snr | 2 |" in table and "| real |" in table and "verdict:" in table and " ± " in table
