@@ -199,8 +199,11 @@ def run_protocol(args) -> dict:
             write_json(out / "generators.json", runs | mine)  # each generator's result as soon as it lands
         runs |= mine
         methods[label] = summarize(mine)
+    result = {"data": data, "recipe": args.recipe, "steps": args.steps, "gen_seeds": args.gen_seeds,
+              "synthetic_arm": args.synthetic_arm, "methods": methods, "runs": runs}
     if args.no_downstream:
-        return {"methods": methods, "runs": runs}
+        write_text(out / "generators.md", table(result))
+        return result
 
     compare = out / "downstream-compare"
     compare.mkdir(parents=True, exist_ok=True)
@@ -210,10 +213,8 @@ def run_protocol(args) -> dict:
     arms = ["real", "reweight", "oversample", *(downstream_arm(name, args.synthetic_arm) for name in runs)]
     downstream = run_downstream(compare, base.downstream, {arm_name(name): out / name / "synthetic" for name in runs},
                                 arms, data_cfg=base.data)
-    result = {"data": data, "recipe": args.recipe, "steps": args.steps, "gen_seeds": args.gen_seeds,
-              "synthetic_arm": args.synthetic_arm, "methods": methods, "runs": runs,
-              "downstream": {arm: v["summary"] for arm, v in downstream["arms"].items()},
-              "verdict": downstream["verdict"]["text"]}
+    result |= {"downstream": {arm: v["summary"] for arm, v in downstream["arms"].items()},
+               "verdict": downstream["verdict"]["text"]}
     write_json(out / "protocol.json", result)
     write_text(out / "protocol.md", table(result))
     return result
@@ -257,6 +258,10 @@ def table(result: dict) -> str:
                      + " | ".join(_spread(m["fid"][k]) for k in (*GROUPS, "overall"))
                      + f" | {_spread(m['fid_class_mean'])} | {_dependence(m['runs'], result['runs'])} "
                      + f"| {_num(m['train_images_per_s'])} | {_num(wall)} |")
+    head = (f"data {result['data']}, recipe {result['recipe']}, {result['steps']} steps per generator, "
+            f"{result['gen_seeds']} generator seed(s) per method (FID: mean ± std over them)\n\n" + gen + "\n".join(lines))
+    if "downstream" not in result:
+        return head + "\n"
     down = "| arm | balanced acc. | Few recall | d at the end (per class) |\n|---|---|---|---|\n"
     arms = []
     run_of_arm = {downstream_arm(run, result.get("synthetic_arm", "")): row for run, row in result["runs"].items()}
@@ -264,9 +269,7 @@ def table(result: dict) -> str:
         d = run_of_arm.get(arm, {}).get("d_final", {})
         classes = ", ".join(f"{k} {v:.1e}" for k, v in d.items() if k not in GROUPS) or "-"
         arms.append(f"| {arm} | {_pm(summary, 'balanced_accuracy')} | {_pm(summary, 'recall_few')} | {classes} |")
-    return (f"data {result['data']}, recipe {result['recipe']}, {result['steps']} steps per generator, "
-            f"{result['gen_seeds']} generator seed(s) per method (FID: mean ± std over them)\n\n" + gen
-            + "\n".join(lines) + "\n\n" + down + "\n".join(arms) + f"\n\nverdict: {result['verdict']}\n")
+    return head + "\n\n" + down + "\n".join(arms) + f"\n\nverdict: {result['verdict']}\n"
 
 
 def main() -> None:
@@ -281,7 +284,8 @@ def main() -> None:
     parser.add_argument("--cas", action="store_true", help="also the classification accuracy score")
     parser.add_argument("--synthetic-arm", default="", metavar="SETTING",
                         help="setting of every generator's downstream arm, e.g. +la+filter (default: plain)")
-    parser.add_argument("--no-downstream", action="store_true", help="train and score the generators only")
+    parser.add_argument("--no-downstream", action="store_true",
+                        help="train and score the generators only (their table in OUT/generators.md)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--set", action="append", help="recipe override KEY=VALUE (repeatable)")
     args = parser.parse_args()
@@ -299,7 +303,7 @@ def main() -> None:
     except CapaugError as e:
         parser.error(f"--synthetic-arm: {e}")
     result = run_protocol(args)
-    print(json.dumps(result["runs"], indent=1) if args.no_downstream else table(result))
+    print(table(result))
 
 
 if __name__ == "__main__":

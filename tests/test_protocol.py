@@ -48,6 +48,18 @@ def test_method_variants_and_generator_seeds(protocol):
     assert protocol.downstream_arm("cm@lambda_div=0.2", "") == "cm@lambda_div=0.2"
 
 
+def test_the_generator_table_stands_alone_without_a_downstream_run(protocol):
+    row = {"fid": {"many": 3.0, "medium": 4.0, "few": 5.0, "overall": 4.0}, "fid_class_mean": 4.5,
+           "train_images_per_s": 50.0, "train_seconds": 600.0, "synthesis_seconds": 60.0, "d_final": {},
+           "theta_g_increase": {"many": 0.01, "medium": 0.02, "few": 0.05, "per_class": {}}}
+    runs = {"cm": row, "cm-seed1": row | {"fid": {**row["fid"], "few": 7.0}}}
+    result = {"data": "d", "recipe": "r", "steps": 10, "gen_seeds": 2, "runs": runs,
+              "methods": {"cm": protocol.summarize(runs)}}
+    text = protocol.table(result)
+    assert "| cm | 2 | 3.0 ± 0.0 | 4.0 ± 0.0 | 6.0 ± 1.4 |" in text and "+1.00% / +2.00% / +5.00%" in text
+    assert "verdict" not in text
+
+
 def test_protocol_runs_end_to_end_on_digits(tmp_path):
     out = tmp_path / "protocol"
     methods = ["lowrank", "cm@lambda_div=auto@min_snr"]
