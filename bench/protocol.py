@@ -157,6 +157,13 @@ def theta_g_dependence(run: Path, recipe: Recipe) -> dict | None:
     return {**split["group_mean_relative_increase"], "per_class": dict(zip(result["classes"], split["relative_increase"]))}
 
 
+def record_generator(path: Path, name: str, row: dict) -> None:
+    """Add one generator's row to OUT/generators.json as soon as it lands, keeping the rows already there (another
+    protocol command on the same OUT may be training other methods)."""
+    rows = json.loads(path.read_text()) if path.is_file() else {}
+    write_json(path, rows | {name: row})
+
+
 def spread(values: list) -> dict:
     """Mean and sample standard deviation over generator seeds (std None with one seed)."""
     values = [v for v in values if v is not None]
@@ -196,7 +203,7 @@ def run_protocol(args) -> dict:
             mine[name] = evaluate_generator(data, out / name, method_recipe(base, spec, args.steps, gen_seed), args,
                                             reference)
             reference = reference or out / name / "eval" / REFERENCE
-            write_json(out / "generators.json", runs | mine)  # each generator's result as soon as it lands
+            record_generator(out / "generators.json", name, mine[name])
         runs |= mine
         methods[label] = summarize(mine)
     result = {"data": data, "recipe": args.recipe, "steps": args.steps, "gen_seeds": args.gen_seeds,
