@@ -200,12 +200,15 @@ def run_protocol(args) -> dict:
         mine = {}
         for gen_seed in range(seeds):
             name = run_name(label, gen_seed)
+            if args.only and name not in args.only:
+                continue
             mine[name] = evaluate_generator(data, out / name, method_recipe(base, spec, args.steps, gen_seed), args,
                                             reference)
             reference = reference or out / name / "eval" / REFERENCE
             record_generator(out / "generators.json", name, mine[name])
         runs |= mine
-        methods[label] = summarize(mine)
+        if mine:
+            methods[label] = summarize(mine)
     result = {"data": data, "recipe": args.recipe, "steps": args.steps, "gen_seeds": args.gen_seeds,
               "synthetic_arm": args.synthetic_arm, "methods": methods, "runs": runs}
     if args.no_downstream:
@@ -293,11 +296,16 @@ def main() -> None:
                         help="setting of every generator's downstream arm, e.g. +la+filter (default: plain)")
     parser.add_argument("--no-downstream", action="store_true",
                         help="train and score the generators only (their table in OUT/generators.md)")
+    parser.add_argument("--only", type=lambda s: s.split(","), metavar="RUN,...",
+                        help="with --no-downstream: train and score only these runs (e.g. cm-seed1), so two "
+                             "commands on one OUT can share the generators")
     parser.add_argument("--out", required=True)
     parser.add_argument("--set", action="append", help="recipe override KEY=VALUE (repeatable)")
     args = parser.parse_args()
     if args.gen_seeds < 1:
         parser.error("--gen-seeds must be at least 1")
+    if args.only and not args.no_downstream:
+        parser.error("--only needs --no-downstream (the downstream compares every generator)")
     base = load_recipe(args.recipe, dict(parse_assignment(s) for s in args.set or []))
     for spec in args.methods:
         try:
