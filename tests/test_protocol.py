@@ -68,6 +68,12 @@ def test_protocol_runs_end_to_end_on_digits(tmp_path):
            "--synthetic-arm", "+la", "--out", str(out)]
     for assignment in TINY:
         cmd += ["--set", assignment]
+    first = subprocess.run([*cmd, "--no-downstream", "--only", "cm@lambda_div=auto@min_snr-seed1"],
+                           capture_output=True, text=True, timeout=1200)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert list(json.loads((out / "generators.json").read_text())) == ["cm@lambda_div=auto@min_snr-seed1"]
+    assert "| cm@lambda_div=auto@min_snr | 1 |" in (out / "generators.md").read_text()
+    assert not (out / "lowrank").exists() and not (out / "downstream-compare").exists()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((out / "protocol.json").read_text())
