@@ -135,7 +135,7 @@ def evaluate_generator(data: str, run: Path, recipe: Recipe, args, reference: Pa
     synthesize(run / "diffusion" / "model", run / "synthetic", recipe.synthesize, split=load_split(run))
     row["synthesis_seconds"] = time.time() - start
     samples = eval_samples(run, recipe, args.eval_per_class)
-    if reference is not None:  # one shared feature space: the first run's reference classifier
+    if reference is not None and reference != run / "eval" / REFERENCE:  # one feature space: the first run's
         (run / "eval").mkdir(parents=True, exist_ok=True)
         shutil.copy(reference, run / "eval" / REFERENCE)
     metrics = evaluate_run(run, synthetic_dir=samples, downstream=recipe.downstream, data_cfg=recipe.data, cas=args.cas)
@@ -155,6 +155,14 @@ def theta_g_dependence(run: Path, recipe: Recipe) -> dict | None:
     result = json.loads(path.read_text()) if path.is_file() else analyze_capacity(run, prune_fractions=(0.0,))
     split = result["capacity_split"]
     return {**split["group_mean_relative_increase"], "per_class": dict(zip(result["classes"], split["relative_increase"]))}
+
+
+def shared_reference(out: Path) -> Path | None:
+    """The feature space of every FID in OUT: the reference classifier of the first generator recorded in
+    OUT/generators.json (None before any), so a later command on the same OUT scores in the same space."""
+    path = out / "generators.json"
+    first = next(iter(json.loads(path.read_text())), None) if path.is_file() else None
+    return out / first / "eval" / REFERENCE if first else None
 
 
 def record_generator(path: Path, name: str, row: dict) -> None:
@@ -194,7 +202,7 @@ def run_protocol(args) -> dict:
     out = Path(args.out)
     base = load_recipe(args.recipe, dict(parse_assignment(s) for s in args.set or []))
     data = args.data or base.dataset
-    runs, methods, reference = {}, {}, None
+    runs, methods, reference = {}, {}, shared_reference(out)
     for spec in args.methods:
         label, seeds = label_and_seeds(spec, args.gen_seeds)
         mine = {}
