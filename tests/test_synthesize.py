@@ -343,7 +343,8 @@ def test_two_processes_share_the_plan(run, reference, tmp_path):
     out = tmp_path / "synthetic"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "capaug.cli",
-           "synthesize", "--run", str(run[0]), "--out", str(out), "--steps", "2", "--batch-size", "3"]
+           "synthesize", "--run", str(run[0]), "--out", str(out), "--steps", "2", "--batch-size", "3",
+           "--sampler", "dpmsolver++"]  # the reference's sampler (the quickstart recipe's default is ddpm)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     main_share = sum((p.generate + 1) // 2 for p in reference[1].plan)  # process 0 makes indices 0, 2, 4, ...
