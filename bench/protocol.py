@@ -325,8 +325,7 @@ def main() -> None:
         downstream_arm("gen", args.synthetic_arm)
     except CapaugError as e:
         parser.error(f"--synthetic-arm: {e}")
-    result = run_protocol(args)
-    print(table(result))
+    print(table(run_protocol(args)))
 
 
 if __name__ == "__main__":

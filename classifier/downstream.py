@@ -47,7 +47,8 @@ def plan_specs(cfg: DownstreamConfig, arms, compare: dict, tune: bool) -> tuple[
     if odd:
         raise CapaugError(f"--compare name {odd[0]!r} may not contain + [ ] or a comma (the arm syntax uses them)")
     specs = parse_arms(list(arms if arms is not None else cfg.arms), bases)
-    specs += parse_arms([n for n in compare if n not in {spec.base for spec in specs}], bases)
+    listed = {spec.base for spec in specs}
+    specs += parse_arms([n for n in compare if n not in listed], bases)
     grid = parse_arms(list(cfg.tune_grid), bases) if tune else []
     if any(not spec.synthetic for spec in grid):
         raise CapaugError("the tuning grid holds synthetic arms only (e.g. synthetic+la[w=0.5])")

@@ -75,9 +75,9 @@ def test_protocol_runs_end_to_end_on_digits(tmp_path):
     assert "| cm@lambda_div=auto@min_snr | 1 |" in (out / "generators.md").read_text()
     assert not (out / "lowrank").exists() and not (out / "downstream-compare").exists()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
     reference = (out / "cm@lambda_div=auto@min_snr-seed1" / "eval" / "reference_classifier.safetensors").read_bytes()
     assert (out / "lowrank" / "eval" / "reference_classifier.safetensors").read_bytes() == reference
-    assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((out / "protocol.json").read_text())
     runs = ["lowrank", "cm@lambda_div=auto@min_snr", "cm@lambda_div=auto@min_snr-seed1"]
     assert set(result["methods"]) == set(methods) and set(result["runs"]) == set(runs)
