@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 import yaml
 
-from .cm_report import d_column, save_d_by_class, warn_if_few_stay_consistent
+from .cm_report import d_column, save_d_by_class, warn_about_cm_balance
 from .config import DataConfig, TrainConfig
 from .errors import CapaugError
 from .io import atomic_path, write_json, write_yaml
@@ -334,7 +334,7 @@ def _setup(split: Split, cfg: TrainConfig, run_dir: Path, data_cfg: DataConfig, 
 
         cm_classes = cm_class_report(classes, counts, stats.groups, cfg.lambda_con, objective.lambda_div, cfg.lambda_div)
         if accelerator.is_main_process:
-            warn_if_few_stay_consistent(cm_classes)
+            warn_about_cm_balance(cm_classes)
     if channels_last:
         unet.to(memory_format=torch.channels_last)
     if cfg.compile:

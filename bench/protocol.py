@@ -100,20 +100,28 @@ def arm_name(run: str) -> str:
     return run.replace("+", "&")
 
 
+def stage_seconds(path: Path, seconds: float) -> float:
+    """A stage's wall time over every command that worked on it: `seconds` (this command's, 0 when the stage was
+    already complete) added to what `path` holds, so a resumed or rerun stage does not report only its remainder."""
+    total = (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0) + seconds
+    if seconds:
+        write_json(path, {"seconds": total})
+    return total
+
+
 def train_method(data: str, run: Path, recipe: Recipe) -> dict:
     """Train (or finish training) one method; return its mean training speed and wall time."""
-    seconds_file = run / "protocol_train_seconds.json"
+    seconds = 0.0
     if not (run / "diffusion" / "model" / "capaug.json").is_file():
         start = time.time()
         run_training(data, run, recipe, resume=bool(checkpoint_dirs(run)))
-        previous = json.loads(seconds_file.read_text())["seconds"] if seconds_file.is_file() else 0.0
-        write_json(seconds_file, {"seconds": previous + time.time() - start})
+        seconds = time.time() - start
     with open(run / "diffusion" / "train_log.csv") as f:
         rows = list(csv.DictReader(f))
     speeds = [float(r["images_per_s"]) for r in rows]
     d_final = {k.removeprefix("d_"): float(v) for k, v in rows[-1].items() if k.startswith("d_") and v not in ("", "nan")}
-    return {"train_images_per_s": sum(speeds) / len(speeds), "train_seconds": json.loads(seconds_file.read_text())["seconds"],
-            "d_final": d_final}
+    return {"train_images_per_s": sum(speeds) / len(speeds),
+            "train_seconds": stage_seconds(run / "protocol_train_seconds.json", seconds), "d_final": d_final}
 
 
 def eval_samples(run: Path, recipe: Recipe, per_class: int) -> Path:
@@ -132,8 +140,8 @@ def evaluate_generator(data: str, run: Path, recipe: Recipe, args, reference: Pa
     """Train, synthesize and score one generator; FID in the feature space of `reference` (None: its own)."""
     row = train_method(data, run, recipe)
     start = time.time()
-    synthesize(run / "diffusion" / "model", run / "synthetic", recipe.synthesize, split=load_split(run))
-    row["synthesis_seconds"] = time.time() - start
+    made = synthesize(run / "diffusion" / "model", run / "synthetic", recipe.synthesize, split=load_split(run)).made
+    row["synthesis_seconds"] = stage_seconds(run / "protocol_synthesis_seconds.json", time.time() - start if made else 0.0)
     samples = eval_samples(run, recipe, args.eval_per_class)
     if reference is not None and reference != run / "eval" / REFERENCE:  # one feature space: the first run's
         (run / "eval").mkdir(parents=True, exist_ok=True)
@@ -198,6 +206,12 @@ def downstream_arm(run: str, setting: str) -> str:
     return parse_arm(base + setting, (base,)).name if setting else base
 
 
+def print_progress(arm: str, seed: int, info: dict) -> None:
+    """One line per downstream classifier, so a long comparison is not silent."""
+    print(f"downstream {info['done']}/{info['total']}: {arm} seed {seed}, balanced accuracy val "
+          f"{info['val_balanced_accuracy']:.3f} test {info['balanced_accuracy']:.3f}", flush=True)
+
+
 def run_protocol(args) -> dict:
     out = Path(args.out)
     base = load_recipe(args.recipe, dict(parse_assignment(s) for s in args.set or []))
@@ -230,7 +244,7 @@ def run_protocol(args) -> dict:
     shutil.copy(reference, compare / "eval" / REFERENCE)
     arms = ["real", "reweight", "oversample", *(downstream_arm(name, args.synthetic_arm) for name in runs)]
     downstream = run_downstream(compare, base.downstream, {arm_name(name): out / name / "synthetic" for name in runs},
-                                arms, data_cfg=base.data)
+                                arms, data_cfg=base.data, on_model=print_progress)
     result |= {"downstream": {arm: v["summary"] for arm, v in downstream["arms"].items()},
                "verdict": downstream["verdict"]["text"]}
     write_json(out / "protocol.json", result)

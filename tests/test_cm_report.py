@@ -49,6 +49,14 @@ def test_warns_when_no_few_class_diversifies(tmp_path):
         run_training("builtin:digits-lt", tmp_path / "run", tiny(**{"train.lambda_div": 0.0, "train.steps": 1}))
 
 
+def test_warns_when_diversity_outweighs_consistency(tmp_path):
+    with pytest.warns(UserWarning, match="diversity outweighs consistency, L_CM is unbounded below") as caught:
+        run_training("builtin:digits-lt", tmp_path / "run", tiny(**{"train.lambda_div": 10.0, "train.steps": 1}))
+    report = json.loads((tmp_path / "run" / "diffusion" / "cm_classes.json").read_text())
+    assert report["batch_mean_coefficient"] < 0
+    assert not any("no Few-group class" in str(w.message) for w in caught)
+
+
 def test_lowrank_run_trains_the_terms_without_cm_and_keeps_them_for_analysis(tmp_path):
     from capaug.augment.capacity import capacity_layers, capacity_parameters
     from capaug.augment.model_io import load_capacity_model

@@ -74,8 +74,13 @@ def test_protocol_runs_end_to_end_on_digits(tmp_path):
     assert list(json.loads((out / "generators.json").read_text())) == ["cm@lambda_div=auto@min_snr-seed1"]
     assert "| cm@lambda_div=auto@min_snr | 1 |" in (out / "generators.md").read_text()
     assert not (out / "lowrank").exists() and not (out / "downstream-compare").exists()
+    seconds = json.loads((out / "generators.json").read_text())["cm@lambda_div=auto@min_snr-seed1"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
+    resumed = json.loads((out / "generators.json").read_text())["cm@lambda_div=auto@min_snr-seed1"]
+    for stage in ("train_seconds", "synthesis_seconds"):  # a complete stage keeps the first command's time
+        assert resumed[stage] == seconds[stage] > 0
+    assert "downstream 1/6: " in done.stdout and "downstream 6/6: " in done.stdout and " test 0." in done.stdout
     reference = (out / "cm@lambda_div=auto@min_snr-seed1" / "eval" / "reference_classifier.safetensors").read_bytes()
     assert (out / "lowrank" / "eval" / "reference_classifier.safetensors").read_bytes() == reference
     result = json.loads((out / "protocol.json").read_text())
