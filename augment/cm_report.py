@@ -2,8 +2,8 @@
 
 Before training: every class's coefficient c(y), N* and whether it diversifies (`losses.cm_class_report`),
 written to RUN/diffusion/cm_classes.json, with a warning when no Few class diversifies (L_CM is then a pure
-consistency penalty on the rare classes too) or when diversity outweighs consistency (L_CM is then unbounded). During training: per-class d columns in train_log.csv and
-their curves in RUN/diffusion/d_by_class.png.
+consistency penalty on the rare classes too) or when diversity outweighs consistency (L_CM is then unbounded).
+During training: per-class d columns in train_log.csv and their curves in RUN/diffusion/d_by_class.png.
 """
 
 from __future__ import annotations
@@ -34,9 +34,8 @@ def describe(report: dict) -> str:
 
 def warn_about_cm_balance(report: dict) -> None:
     """Warn, before step 1, about the two settings where L_CM cannot do its job: no Few class diversifies
-    (a pure consistency penalty), or the diversity terms outweigh consistency over a batch. L_CM is linear in d,
-    so with no net consistency pull it is unbounded below: on RetinaMNIST at lambda_div 2.19 (batch mean
-    -0.002) d grew to 5e5 and L_base to 7e4 in 1,000 steps (bench/RESULTS.md)."""
+    (a pure consistency penalty), or diversity outweighs consistency over a batch: L_CM is linear in d, so with
+    no net consistency pull it is unbounded below (RetinaMNIST at lambda_div 2.19 diverged, bench/RESULTS.md)."""
     if not report["few_diversify"]:
         warnings.warn(
             f"no Few-group class diversifies (N* = {report['n_star']:.1f} images, lambda_div "
@@ -44,10 +43,11 @@ def warn_about_cm_balance(report: dict) -> None:
             stacklevel=3,
         )
     if report["batch_mean_coefficient"] <= 0:
+        hint = "set a smaller --lambda-div" if report["lambda_div_setting"] == "auto" else "try --lambda-div auto"
         warnings.warn(
             f"the batch-mean L_CM coefficient is {report['batch_mean_coefficient']:+.3f} (lambda_div "
             f"{report['lambda_div']:.4g}): diversity outweighs consistency, L_CM is unbounded below and training "
-            f"is expected to diverge; lower lambda_div (try --lambda-div auto)",
+            f"is expected to diverge; {hint}",
             stacklevel=3,
         )
 

@@ -141,7 +141,8 @@ def evaluate_generator(data: str, run: Path, recipe: Recipe, args, reference: Pa
     row = train_method(data, run, recipe)
     start = time.time()
     made = synthesize(run / "diffusion" / "model", run / "synthetic", recipe.synthesize, split=load_split(run)).made
-    row["synthesis_seconds"] = stage_seconds(run / "protocol_synthesis_seconds.json", time.time() - start if made else 0.0)
+    seconds = time.time() - start if made else 0.0  # a complete synthesis keeps its first command's time
+    row["synthesis_seconds"] = stage_seconds(run / "protocol_synthesis_seconds.json", seconds)
     samples = eval_samples(run, recipe, args.eval_per_class)
     if reference is not None and reference != run / "eval" / REFERENCE:  # one feature space: the first run's
         (run / "eval").mkdir(parents=True, exist_ok=True)
