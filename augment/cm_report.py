@@ -25,7 +25,8 @@ def describe(report: dict) -> str:
     setting = "" if report["lambda_div_setting"] == report["lambda_div"] else f" ({report['lambda_div_setting']})"
     lines = [f"L_CM: lambda_con {report['lambda_con']:g}, lambda_div {report['lambda_div']:.4g}{setting}; "
              f"classes under N* = {report['n_star']:.1f} images diversify; "
-             f"batch-mean coefficient {report['batch_mean_coefficient']:+.2f}"]
+             f"batch-mean coefficient {report['batch_mean_coefficient']:+.2f}"
+             + (f"; diversity capped at d = {report['diversity_cap']:g}" if report.get("diversity_cap") else "")]
     for row in report["classes"]:
         push = "diversify" if row["diversifies"] else "consistency"
         lines.append(f"  {row['class']:<20} {row['count']:>7}  {row['group']:<6}  c = {row['c']:+.3f}  {push}")
@@ -35,15 +36,17 @@ def describe(report: dict) -> str:
 def warn_about_cm_balance(report: dict) -> None:
     """Warn, before step 1, about the two settings where L_CM cannot do its job: no Few class diversifies
     (a pure consistency penalty), or diversity outweighs consistency over a batch: L_CM is linear in d, so with
-    no net consistency pull it is unbounded below (RetinaMNIST at lambda_div 2.19 diverged, bench/RESULTS.md)."""
+    no net consistency pull it is unbounded below (RetinaMNIST at lambda_div 2.19 diverged, bench/RESULTS.md),
+    unless a diversity cap bounds it."""
     if not report["few_diversify"]:
         warnings.warn(
             f"no Few-group class diversifies (N* = {report['n_star']:.1f} images, lambda_div "
             f"{report['lambda_div']:.4g}): L_CM only pushes theta_e towards zero; try --lambda-div auto",
             stacklevel=3,
         )
-    if report["batch_mean_coefficient"] <= 0:
+    if report["batch_mean_coefficient"] <= 0 and report.get("diversity_cap") is None:
         hint = "set a smaller --lambda-div" if report["lambda_div_setting"] == "auto" else "try --lambda-div auto"
+        hint += " or bound it with --diversity-cap"
         warnings.warn(
             f"the batch-mean L_CM coefficient is {report['batch_mean_coefficient']:+.3f} (lambda_div "
             f"{report['lambda_div']:.4g}): diversity outweighs consistency, L_CM is unbounded below and training "

@@ -84,6 +84,8 @@ class TrainConfig(Strict):
     targets: list[str] = ["up"]
     lambda_con: float = 1.0
     lambda_div: float | Literal["auto"] = Field(0.2, description="auto: N* between the Few and Medium groups")
+    diversity_cap: Optional[float] = Field(None, gt=0, description="m: a diversifying sample's d counts up to m "
+                                           "(L_CM bounded below); None: DESIGN.md's linear L_CM")
     cm_fraction: float = Field(1.0, gt=0, le=1)
     cbdm_tau: float = 1.0
     cbdm_gamma: float = 0.25

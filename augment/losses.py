@@ -52,7 +52,8 @@ def auto_lambda_div(counts, groups, lambda_con: float) -> float:
     return lambda_con * n_star_sq / (am * hm)
 
 
-def cm_class_report(classes, counts, groups, lambda_con: float, lambda_div: float, lambda_div_setting=None) -> dict:
+def cm_class_report(classes, counts, groups, lambda_con: float, lambda_div: float, lambda_div_setting=None,
+                    diversity_cap=None) -> dict:
     """Which classes L_CM pushes towards diversity (c(y) < 0) and which towards consistency, for logs and warnings.
     `lambda_div_setting`: what the config said (e.g. "auto"), recorded beside the resolved number."""
     c = cm_coefficients(counts, lambda_con, lambda_div).tolist()
@@ -64,6 +65,7 @@ def cm_class_report(classes, counts, groups, lambda_con: float, lambda_div: floa
         "lambda_con": lambda_con,
         "lambda_div": lambda_div,
         "lambda_div_setting": lambda_div if lambda_div_setting is None else lambda_div_setting,
+        "diversity_cap": diversity_cap,
         "n_star": diversity_threshold(counts, lambda_con, lambda_div),
         "batch_mean_coefficient": float((share * torch.tensor(c, dtype=torch.float64)).sum()),
         "classes": rows,
@@ -78,10 +80,17 @@ def min_snr_weights(snr: torch.Tensor, gamma: float) -> torch.Tensor:
     return torch.clamp(snr, max=gamma) / snr
 
 
-def cm_loss(d, labels, w_con, w_div, lambda_con: float, lambda_div: float) -> torch.Tensor:
+def cm_loss(d, labels, w_con, w_div, lambda_con: float, lambda_div: float, diversity_cap=None) -> torch.Tensor:
     """L_CM = mean_i (lambda_con w_con(y_i) - lambda_div w_div(y_i)) d_i, y_i the TRUE label,
-    d_i = pixel mean of (eps_on_i - eps_off_i)^2."""
-    return ((lambda_con * w_con[labels] - lambda_div * w_div[labels]) * d).mean()
+    d_i = pixel mean of (eps_on_i - eps_off_i)^2.
+
+    `diversity_cap` m (not in DESIGN.md; None keeps its form): a diversifying sample (c < 0) counts min(d_i, m),
+    so the push apart stops at d = m and L_CM is bounded below by m min_y c(y). The linear form is unbounded
+    below, and diverged on RetinaMNIST once the batch-mean coefficient reached zero (bench/RESULTS.md)."""
+    c = lambda_con * w_con[labels] - lambda_div * w_div[labels]
+    if diversity_cap is not None:
+        d = torch.where(c < 0, d.clamp(max=diversity_cap), d)
+    return (c * d).mean()
 
 
 def ddpm_loss(eps_pred, eps, weights=None) -> torch.Tensor:

@@ -146,7 +146,8 @@ class DiffusionObjective(nn.Module):
             off = torch.randperm(n, device=device)[: max(1, round(cfg.cm_fraction * n))]
             eps_in, eps_off = self.predict(x_in, t_in, y_in, off)
             d_off = pixel_mean((eps_in[off].float() - eps_off.float()) ** 2)
-            loss_cm = cm_loss(d_off, labels[off], self.w_con, self.w_div, cfg.lambda_con, self.lambda_div)
+            loss_cm = cm_loss(d_off, labels[off], self.w_con, self.w_div, cfg.lambda_con, self.lambda_div,
+                              cfg.diversity_cap)
             d[off] = d_off.detach()
         else:
             eps_in = self.unet(x_in, t_in, y_in).sample

@@ -332,7 +332,8 @@ def _setup(split: Split, cfg: TrainConfig, run_dir: Path, data_cfg: DataConfig, 
     if cfg.method == "cm":
         from .losses import cm_class_report
 
-        cm_classes = cm_class_report(classes, counts, stats.groups, cfg.lambda_con, objective.lambda_div, cfg.lambda_div)
+        cm_classes = cm_class_report(classes, counts, stats.groups, cfg.lambda_con, objective.lambda_div, cfg.lambda_div,
+                                     cfg.diversity_cap)
         if accelerator.is_main_process:
             warn_about_cm_balance(cm_classes)
     if channels_last:

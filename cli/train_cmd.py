@@ -22,6 +22,7 @@ def train(
     targets: Optional[str] = typer.Option(None, help="Comma list: up, mid, down, attention, or module-name patterns."),
     lambda_con: Optional[float] = typer.Option(None, "--lambda-con", help="Consistency weight of L_CM."),
     lambda_div: Optional[str] = typer.Option(None, "--lambda-div", help="Diversity weight of L_CM: a number, or auto (every Few class diversifies, no Medium class does)."),
+    diversity_cap: Optional[float] = typer.Option(None, "--diversity-cap", help="Stop the diversity push at d = this (bounds L_CM below; off by default, DESIGN.md's linear form)."),
     loss_weighting: Optional[str] = typer.Option(None, "--loss-weighting", help="none or min_snr (min-SNR-gamma weighting of L_base; --set train.snr_gamma=5)."),
     cm_fraction: Optional[float] = typer.Option(None, "--cm-fraction", help="Fraction of the batch that gets the off branch."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
@@ -46,7 +47,7 @@ def train(
     options = {
         "train.method": method, "train.base_loss": base_loss, "train.rho": rho,
         "train.targets": targets.split(",") if targets else None, "train.lambda_con": lambda_con,
-        "train.lambda_div": lambda_div, "train.loss_weighting": loss_weighting, "train.cm_fraction": cm_fraction,
+        "train.lambda_div": lambda_div, "train.diversity_cap": diversity_cap, "train.loss_weighting": loss_weighting, "train.cm_fraction": cm_fraction,
         "train.steps": steps,
         "train.batch_size": batch_size, "train.grad_accum": grad_accum, "train.image_size": image_size,
         "train.lr": lr, "train.warmup_steps": warmup, "train.ema_decay": ema_decay, "train.p_uncond": p_uncond,

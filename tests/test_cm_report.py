@@ -57,6 +57,19 @@ def test_warns_when_diversity_outweighs_consistency(tmp_path):
     assert not any("no Few-group class" in str(w.message) for w in caught)
 
 
+def test_a_diversity_cap_bounds_l_cm_so_the_divergence_warning_goes(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_training("builtin:digits-lt", tmp_path / "run",
+                     tiny(**{"train.lambda_div": 10.0, "train.diversity_cap": 0.01, "train.steps": 1}))
+    assert not any("unbounded" in str(w.message) for w in caught)
+    report = json.loads((tmp_path / "run" / "diffusion" / "cm_classes.json").read_text())
+    assert report["batch_mean_coefficient"] < 0 and report["diversity_cap"] == 0.01
+    assert "diversity capped at d = 0.01" in describe(report)
+
+
 def test_lowrank_run_trains_the_terms_without_cm_and_keeps_them_for_analysis(tmp_path):
     from capaug.augment.capacity import capacity_layers, capacity_parameters
     from capaug.augment.model_io import load_capacity_model
@@ -73,10 +86,13 @@ def test_lowrank_run_trains_the_terms_without_cm_and_keeps_them_for_analysis(tmp
 def test_cli_prints_the_class_table_and_accepts_lambda_div_auto(tmp_path):
     sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={json.dumps(v)}")]
     done = subprocess.run([sys.executable, "-m", "capaug.cli", "train", "builtin:digits-lt", "--run", str(tmp_path / "r"),
-                           "--recipe", "quickstart", "--lambda-div", "auto", "--loss-weighting", "min_snr", *sets],
+                           "--recipe", "quickstart", "--lambda-div", "auto", "--diversity-cap", "0.05", "--loss-weighting", "min_snr", *sets],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "(auto)" in done.stdout and "diversify" in done.stdout
+    assert "(auto)" in done.stdout and "diversify" in done.stdout and "capped at d = 0.05" in done.stdout
     bad = subprocess.run([sys.executable, "-m", "capaug.cli", "train", "builtin:digits-lt", "--run", str(tmp_path / "b"),
                           "--lambda-div", "lots"], capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "number or 'auto'" in bad.stderr and "Traceback" not in bad.stderr
+    capped = subprocess.run([sys.executable, "-m", "capaug.cli", "train", "builtin:digits-lt", "--run",
+                             str(tmp_path / "c"), "--diversity-cap", "0"], capture_output=True, text=True, timeout=600)
+    assert capped.returncode == 2 and "diversity_cap" in capped.stderr and "Traceback" not in capped.stderr

@@ -40,6 +40,20 @@ def test_cm_loss_uses_the_given_labels():
     assert cm_loss(d, labels, w_con, w_div, 1.0, 0.2).item() == pytest.approx(expected)
 
 
+def test_diversity_cap_stops_only_the_push_apart():
+    w_con, w_div = torch.tensor([2.0, 0.5]), torch.tensor([0.25, 4.0])  # c = +1.95 (consistency), -0.3 (diversity)
+    c = torch.tensor([2.0 - 0.2 * 0.25, 0.5 - 0.2 * 4.0])
+    labels = torch.tensor([0, 1, 1])
+    d = torch.tensor([5.0, 3.0, 0.5], requires_grad=True)
+    loss = cm_loss(d, labels, w_con, w_div, 1.0, 0.2, diversity_cap=1.0)
+    assert loss.item() == pytest.approx((c[0] * 5.0 + c[1] * 1.0 + c[1] * 0.5).item() / 3)
+    loss.backward()
+    torch.testing.assert_close(d.grad, torch.stack([c[0], torch.tensor(0.0), c[1]]) / 3)
+    linear = cm_loss(d.detach(), labels, w_con, w_div, 1.0, 0.2)
+    assert linear.item() == pytest.approx((c[0] * 5.0 + c[1] * 3.5).item() / 3)
+    assert cm_loss(d.detach() * 1e6, labels[1:2].repeat(3), w_con, w_div, 1.0, 0.2, 1.0) >= c[1] * 1.0 - 1e-6
+
+
 def test_ddpm_loss_is_the_mean_squared_error():
     a, b = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
     assert ddpm_loss(a, b).item() == pytest.approx(((a - b) ** 2).mean().item(), rel=1e-6)
