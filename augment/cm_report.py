@@ -3,7 +3,8 @@
 Before training: every class's coefficient c(y), N* and whether it diversifies (`losses.cm_class_report`),
 written to RUN/diffusion/cm_classes.json, with a warning when no Few class diversifies (L_CM is then a pure
 consistency penalty on the rare classes too) or when diversity outweighs consistency (L_CM is then unbounded).
-During training: per-class d columns in train_log.csv and their curves in RUN/diffusion/d_by_class.png.
+During training: per-class d columns in train_log.csv and their curves in RUN/diffusion/d_by_class.png, and
+one warning when a class's d runs away (the linear L_CM diverging).
 """
 
 from __future__ import annotations
@@ -53,6 +54,26 @@ def warn_about_cm_balance(report: dict) -> None:
             f"is expected to diverge; {hint}",
             stacklevel=3,
         )
+
+
+RUNAWAY_D = 1.0  # the on and off predictions disagree by more than the noise they predict (unit variance)
+
+
+def warn_if_running_away(row: dict, classes: list[str]) -> bool:
+    """Warn (and return True) when a logged class's d exceeds RUNAWAY_D: L_CM is then pushing theta_g and
+    theta_e apart without bound (RetinaMNIST at lambda_div 1.73 got there by step 300, its FID-11,000 end
+    state by step 1,000), so the user can stop early instead of finishing a run of noise images."""
+    d = {name: row.get(d_column(name), math.nan) for name in classes}
+    name, worst = max(((n, v) for n, v in d.items() if math.isfinite(v)), key=lambda kv: kv[1], default=(None, 0.0))
+    if worst <= RUNAWAY_D:
+        return False
+    warnings.warn(
+        f"step {row['step']}: d of class {name} is {worst:.3g} (the on and off predictions disagree by more than "
+        f"the noise itself): L_CM is running away and training is diverging; retrain with --diversity-cap 0.01 "
+        f"or a smaller --lambda-div",
+        stacklevel=3,
+    )
+    return True
 
 
 def d_by_class_figure(rows: list[dict], classes: list[str], groups: list[str]):

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 import yaml
 
-from .cm_report import d_column, save_d_by_class, warn_about_cm_balance
+from .cm_report import d_column, save_d_by_class, warn_about_cm_balance, warn_if_running_away
 from .config import DataConfig, TrainConfig
 from .errors import CapaugError
 from .io import atomic_path, write_json, write_yaml
@@ -237,6 +237,7 @@ class _Loop:
     step: int = 0
     last_good: Optional[Path] = None
     cm_classes: Optional[dict] = None  # losses.cm_class_report, for method cm
+    runaway_warned: bool = False  # cm_report.warn_if_running_away fired (once per run)
     log_rows: list = field(default_factory=list)
     window: list = field(default_factory=list)  # per micro-batch outputs since the last log row
     window_start: float = field(default_factory=time.time)
@@ -477,6 +478,8 @@ def _log(loop: _Loop) -> dict:
     loop.window, loop.window_start, loop.window_images = [], time.time(), 0
     if loop.accelerator.is_main_process:
         _write_log(loop.out / "train_log.csv", loop.log_rows)
+        if loop.cm_classes and not loop.runaway_warned:
+            loop.runaway_warned = warn_if_running_away(row, loop.classes)
     loop.accelerator.log(scalars({k: v for k, v in row.items() if k != "step"}), step=loop.step)
     return row
 

@@ -5,6 +5,7 @@ import csv
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 import yaml
@@ -58,8 +59,6 @@ def test_warns_when_diversity_outweighs_consistency(tmp_path):
 
 
 def test_a_diversity_cap_bounds_l_cm_so_the_divergence_warning_goes(tmp_path):
-    import warnings
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run_training("builtin:digits-lt", tmp_path / "run",
@@ -68,6 +67,19 @@ def test_a_diversity_cap_bounds_l_cm_so_the_divergence_warning_goes(tmp_path):
     report = json.loads((tmp_path / "run" / "diffusion" / "cm_classes.json").read_text())
     assert report["batch_mean_coefficient"] < 0 and report["diversity_cap"] == 0.01
     assert "diversity capped at d = 0.01" in describe(report)
+
+
+def test_warns_once_d_runs_away():
+    from capaug.augment.cm_report import warn_if_running_away
+
+    classes = ["0", "many"]  # a class named like a group logs as d_class_many
+    healthy = {"step": 200, "d_0": 3e-5, "d_class_many": 0.03}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_if_running_away(healthy, classes) is False
+        assert warn_if_running_away({"step": 10, "d_0": float("nan"), "d_class_many": float("nan")}, classes) is False
+    with pytest.warns(UserWarning, match=r"step 300: d of class many is 1.45e\+03 .*--diversity-cap"):
+        assert warn_if_running_away({"step": 300, "d_0": 11.0, "d_class_many": 1450.0}, classes) is True
 
 
 def test_lowrank_run_trains_the_terms_without_cm_and_keeps_them_for_analysis(tmp_path):
