@@ -64,8 +64,9 @@ def warn_if_running_away(row: dict, classes: list[str]) -> bool:
     theta_e apart without bound (RetinaMNIST at lambda_div 1.73 got there by step 300, its FID-11,000 end
     state by step 1,000), so the user can stop early instead of finishing a run of noise images."""
     d = {name: row.get(d_column(name), math.nan) for name in classes}
-    name, worst = max(((n, v) for n, v in d.items() if math.isfinite(v)), key=lambda kv: kv[1], default=(None, 0.0))
-    if worst <= RUNAWAY_D:
+    name = max(d, key=lambda n: d[n] if math.isfinite(d[n]) else -math.inf)
+    worst = d[name]
+    if not worst > RUNAWAY_D:  # NaN (no off-branch sample of the class in the window) never warns
         return False
     warnings.warn(
         f"step {row['step']}: d of class {name} is {worst:.3g} (the on and off predictions disagree by more than "

@@ -47,8 +47,8 @@ def train(
     options = {
         "train.method": method, "train.base_loss": base_loss, "train.rho": rho,
         "train.targets": targets.split(",") if targets else None, "train.lambda_con": lambda_con,
-        "train.lambda_div": lambda_div, "train.diversity_cap": diversity_cap, "train.loss_weighting": loss_weighting, "train.cm_fraction": cm_fraction,
-        "train.steps": steps,
+        "train.lambda_div": lambda_div, "train.diversity_cap": diversity_cap, "train.loss_weighting": loss_weighting,
+        "train.cm_fraction": cm_fraction, "train.steps": steps,
         "train.batch_size": batch_size, "train.grad_accum": grad_accum, "train.image_size": image_size,
         "train.lr": lr, "train.warmup_steps": warmup, "train.ema_decay": ema_decay, "train.p_uncond": p_uncond,
         "train.seed": seed, "train.mixed_precision": mixed_precision, "train.sample_every": sample_every,
