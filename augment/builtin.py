@@ -2,7 +2,7 @@
 
 scikit-learn ships its 8x8 handwritten digits (about 180 per class). Balanced test and val images are held out
 first (24 and 10 per class), then the rest is made long-tailed with the exponential profile of
-`convert.long_tail_counts` at imbalance ratio 20 (140 training images of class 0 down to 7 of class 9). The
+`stats.long_tail_counts` at imbalance ratio 20 (140 training images of class 0 down to 7 of class 9). The
 result has the MedMNIST npz layout, so `sources` treats it exactly like an npz.
 """
 
@@ -12,8 +12,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .convert import long_tail_counts
 from .errors import CapaugError
+from .stats import long_tail_counts
 
 DIGITS_LT = "builtin:digits-lt"
 TEST_PER_CLASS, VAL_PER_CLASS, RATIO = 24, 10, 20.0

@@ -17,11 +17,7 @@ from PIL import Image
 from .errors import CapaugError
 from .io import atomic_dir, check_output, check_replaceable
 from .sources import SPLITS, load_npz, scan_source
-
-
-def long_tail_counts(n_max: int, ratio: float, num_classes: int) -> list[int]:
-    """The exponential long-tail profile `n_k = floor(n_max * ratio^(-k/(K-1)))`, k = 0..K-1."""
-    return [math.floor(n_max * ratio ** (-k / (num_classes - 1)) + 1e-9) for k in range(num_classes)]
+from .stats import long_tail_counts
 
 
 def npz_to_folder(npz_path: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> dict[str, dict[str, int]]:

@@ -107,8 +107,9 @@ def load_capacity_model(run_dir: str | Path, use_ema: bool = True):
     import yaml
     from safetensors.torch import load_file
 
+    from .checkpoints import checkpoint_dirs
     from .config import TrainConfig
-    from .train import build_model, checkpoint_dirs, noise_schedule
+    from .model_build import build_model, noise_schedule
 
     run_dir = Path(run_dir)
     found = checkpoint_dirs(run_dir)

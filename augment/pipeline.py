@@ -82,7 +82,7 @@ def run_pipeline(
 
     from .split import load_split
     from .synthesize import synthesize
-    from .train import checkpoint_dirs
+    from .checkpoints import checkpoint_dirs
 
     run_dir = Path(run_dir)
     model_dir = run_dir / "diffusion" / "model"

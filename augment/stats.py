@@ -8,6 +8,7 @@ class is always Many and the smallest always Few, even with two classes).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 GROUPS = ("many", "medium", "few")
@@ -51,3 +52,8 @@ def class_stats(classes: list[str], counts: list[int], many_threshold: int = 100
         imbalance_ratio=max(counts) / smallest if smallest else float("inf"),
         grouping=grouping,
     )
+
+
+def long_tail_counts(n_max: int, ratio: float, num_classes: int) -> list[int]:
+    """The exponential long-tail profile `n_k = floor(n_max * ratio^(-k/(K-1)))`, k = 0..K-1."""
+    return [math.floor(n_max * ratio ** (-k / (num_classes - 1)) + 1e-9) for k in range(num_classes)]

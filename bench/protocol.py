@@ -39,7 +39,7 @@ from capaug.augment.io import write_json, write_text
 from capaug.augment.pipeline import run_training
 from capaug.augment.split import load_split
 from capaug.augment.synthesize import synthesize
-from capaug.augment.train import checkpoint_dirs
+from capaug.augment.checkpoints import checkpoint_dirs
 from capaug.classifier.downstream import run_downstream
 from capaug.recipes import load_recipe, parse_assignment
 

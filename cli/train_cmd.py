@@ -55,7 +55,7 @@ def train(
         "train.checkpoint_every": checkpoint_every, "train.compile": compile,
     }
     from capaug.augment.pipeline import resumed_recipe, run_training
-    from capaug.augment.train import checkpoint_dirs
+    from capaug.augment.checkpoints import checkpoint_dirs
 
     overrides = dict(parse_assignment(s) for s in sets or []) | {k: v for k, v in options.items() if v is not None}
     cfg = (resume and resumed_recipe(run, overrides)) or recipe_with(recipe, sets, **options)

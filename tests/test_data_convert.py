@@ -5,10 +5,11 @@ import pytest
 from PIL import Image
 
 from capaug.augment.config import DataConfig
-from capaug.augment.convert import long_tail_counts, make_long_tailed, npz_to_folder
+from capaug.augment.convert import make_long_tailed, npz_to_folder
 from capaug.augment.errors import CapaugError
 from capaug.augment.sources import scan_source
 from capaug.augment.split import make_split
+from capaug.augment.stats import long_tail_counts
 
 
 def test_cifar10_lt_profile():

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from capaug.augment.errors import CapaugError
 from capaug.augment.pipeline import run_training
-from capaug.augment.train import build_model
+from capaug.augment.model_build import build_model
 from capaug.recipes import load_recipe
 
 TINY = {
