@@ -166,6 +166,10 @@ class DownstreamConfig(Strict):
     tune: bool = Field(False, description="add the arm `tuned`: the tune_grid setting with the best mean val score")
     tune_grid: list[str] = ["synthetic", "synthetic[w=0.5]", "synthetic+la", "synthetic+la[w=0.5]",
                             "synthetic+la+filter", "synthetic+la+crt"]
+    tune_seeds: Optional[int] = Field(2, ge=1, description="score the grid on val over seeds 0..tune_seeds-1 only; "
+                                      "the chosen setting then trains every seed (None: all seeds)")
+    tune_sets: list[str] = Field([], description="tune over synthesis settings too: SOURCE[@STRENGTH[+STRENGTH...]] "
+                                 "entries (noise, minority@0.5), each made once into RUN/synthetic-<name>/")
     bootstrap: int = Field(1000, ge=0, description="test-image bootstrap resamples per paired difference")
     reweight: Literal["class-balanced", "logit-adjusted"] = "logit-adjusted"
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"

@@ -2,9 +2,10 @@
 
 Arms are written in the syntax of `arms.py` (`real`, `reweight`, `oversample`, `synthetic`, a `--compare` name,
 and synthetic settings such as `synthetic+la+filter[w=0.5]`). All share the model, pipeline, optimizer-step
-budget, batch size and seeds (`arm_plan.py`). With `tune`, the synthetic settings of `cfg.tune_grid` are
-trained on every seed and scored on the val split only; the grid member with the best mean val balanced
-accuracy becomes the arm `tuned`, and only its models read the test split.
+budget, batch size and seeds (`arm_plan.py`). With `tune`, the synthetic settings of `cfg.tune_grid` (crossed
+with `cfg.tune_sets`, synthetic sets made from the run's model) are scored on the val split only over the first
+`cfg.tune_seeds` seeds; the best becomes the arm `tuned`, trains every seed, and only its models read the test
+split (tuning.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from capaug.augment.config import DataConfig, DownstreamConfig
+from capaug.augment.config import DataConfig, DownstreamConfig, SynthesisConfig
 from capaug.augment.errors import CapaugError
 from capaug.augment.runlock import locks_run
 from capaug.augment.split import load_split
@@ -24,11 +25,13 @@ from .arm_plan import PreparedArm
 from .arms import CLASSIC, ArmSpec, parse_arms
 from .data import FolderReader, ResizedReader, cached, leakage_guard, load_synthetic_set
 from .engine import predict
-from .experiment import Experiment
+from .experiment import Experiment, input_size, seed_count
 from .filtering import apply_band, score_synthetic
-from .metrics import SCALARS, model_metrics, paired_differences, spread, summarize_arm
+from .metrics import SCALARS, model_metrics, paired_differences, summarize_arm
 from .report import write_outputs
 from .stats import bootstrap_interval
+from .tuning import (NamedArm, TuneSet, best, grid_members, make_sets, parse_tune_sets, planned_count,
+                     tune_seed_count, tuning_record)
 
 FORMAT = "capaug-downstream/2"
 METRIC = "balanced_accuracy"
@@ -36,11 +39,13 @@ TUNED = "tuned"
 SYNTHETIC_RESIZE = "PIL bilinear (antialiased) to the real images' size, once at load"
 
 
-def plan_specs(cfg: DownstreamConfig, arms, compare: dict, tune: bool) -> tuple[list[ArmSpec], list[ArmSpec]]:
-    """(the arms to report, the tuning grid): parsed, checked; a `compare` name that no listed arm uses
-    (`ddpm+la` uses `ddpm`) is added as a plain arm."""
+def plan_specs(cfg: DownstreamConfig, arms, compare: dict, tune: bool
+               ) -> tuple[list[ArmSpec], dict[str, ArmSpec], list[TuneSet]]:
+    """(the arms to report, the tuning grid by name, the synthesis settings tuned over): parsed, checked; a
+    `compare` name that no listed arm uses (`ddpm+la` uses `ddpm`) is added as a plain arm."""
     bases = ("synthetic", *compare)
-    clashes = [n for n in compare if n in ("real", *CLASSIC, "synthetic", TUNED)]
+    sets = parse_tune_sets(cfg.tune_sets) if tune else []
+    clashes = [n for n in compare if n in ("real", *CLASSIC, "synthetic", TUNED, *(s.name for s in sets))]
     if clashes:
         raise CapaugError(f"--compare name {clashes[0]!r} is an arm name; choose another (e.g. ddpm)")
     odd = [n for n in compare if any(c in n for c in "+[],") or not n.strip()]
@@ -54,22 +59,34 @@ def plan_specs(cfg: DownstreamConfig, arms, compare: dict, tune: bool) -> tuple[
         raise CapaugError("the tuning grid holds synthetic arms only (e.g. synthetic+la[w=0.5])")
     if tune and not grid:
         raise CapaugError("--tune needs a non-empty downstream.tune_grid")
+    if sets and not any(spec.base == "synthetic" for spec in grid):
+        raise CapaugError("downstream.tune_sets needs tune_grid settings on synthetic (e.g. synthetic+la)")
     if not specs and not grid:
         raise CapaugError("no arms to run; pass --arms, --compare or --tune")
-    return specs, grid
+    return specs, grid_members(grid, sets), sets
 
 
-def planned_models(cfg: DownstreamConfig, arms=None, compare=None, tune: Optional[bool] = None) -> int:
-    """How many arm trainings a run makes (times the seeds: the models trained)."""
-    specs, grid = plan_specs(cfg, arms, dict(compare or {}), cfg.tune if tune is None else tune)
-    return len({spec.name for spec in [*specs, *grid]})
+def planned_models(cfg: DownstreamConfig, arms=None, compare=None, tune: Optional[bool] = None, *,
+                   run_dir: Optional[str | Path] = None) -> int:
+    """The classifiers a run trains (tuning.planned_count: exact unless the choice falls on a listed arm).
+    The seeds are `cfg.seeds`, else resolved from `run_dir`'s split as `run_downstream` does."""
+    specs, grid, _ = plan_specs(cfg, arms, dict(compare or {}), cfg.tune if tune is None else tune)
+    if cfg.seeds:
+        seeds = cfg.seeds
+    elif run_dir is not None:
+        seeds = seed_count(cfg, input_size(load_split(Path(run_dir)), cfg)[1])
+    else:
+        raise ValueError("planned_models needs cfg.seeds or run_dir")
+    reported = list(dict.fromkeys(spec.name for spec in specs))
+    return planned_count(reported, list(grid), seeds, tune_seed_count(cfg, seeds) if grid else seeds)
 
 
-def prepare_arms(specs: list[ArmSpec], compare: dict[str, Path], run_dir: Path, split, experiment: Experiment,
-                 ) -> tuple[dict[str, PreparedArm], dict]:
-    """Each spec with its synthetic set loaded (resized and cached once), guarded against leakage, filtered."""
+def prepare_arms(arms: dict[str, ArmSpec], folders: dict[str, Path], run_dir: Path, split,
+                 experiment: Experiment) -> tuple[dict[str, PreparedArm], dict]:
+    """Each arm (name -> spec) with its synthetic set (`folders[spec.base]`) loaded (resized and cached once),
+    guarded against leakage, filtered."""
     cfg = experiment.cfg
-    folders = {"synthetic": run_dir / "synthetic", **compare}
+    specs = list(arms.values())
     sets = {}
     for base in dict.fromkeys(spec.base for spec in specs if spec.synthetic):
         synthetic = load_synthetic_set(base, folders[base], split.classes, split.hash)
@@ -86,16 +103,17 @@ def prepare_arms(specs: list[ArmSpec], compare: dict[str, Path], run_dir: Path, 
         scores = {base: score_synthetic(sets[base][0], sets[base][1], bundle, real, split.train)
                   for base in dict.fromkeys(spec.base for spec in specs if "filter" in spec.flags)}
     prepared = {}
-    for spec in specs:
+    for name, spec in arms.items():
         if not spec.synthetic:
-            prepared[spec.name] = PreparedArm(spec)
+            prepared[name] = PreparedArm(spec)
             continue
         synthetic, reader = sets[spec.base]
         record = None
         if "filter" in spec.flags:
             synthetic, record = apply_band(synthetic, scores[spec.base], spec.low, spec.high, spec.copy,
                                            len(split.classes))
-        prepared[spec.name] = PreparedArm(spec, synthetic, reader, record)
+        prepared[name] = (PreparedArm(spec, synthetic, reader, record) if name == spec.name
+                          else NamedArm(spec, synthetic, reader, record, label=name))
     return prepared, sets
 
 
@@ -109,26 +127,34 @@ def run_downstream(
     data_cfg: Optional[DataConfig] = None,
     on_model: Optional[Callable[[str, int, dict], None]] = None,
     tune: Optional[bool] = None,
+    synth_cfg: Optional[SynthesisConfig] = None,
+    on_synthesis: Optional[Callable[[str, int, int], None]] = None,
 ) -> dict:
     """Run the arms x seeds on `RUN/split.json`, write `RUN/downstream/` and return the `metrics.json` content.
 
     `arms` (specs, arms.py) defaults to `cfg.arms`; each `compare` entry (name -> synthetic folder or run
-    folder) adds an arm; `tune` (default `cfg.tune`) adds the arm `tuned`, chosen from `cfg.tune_grid` on val.
-    `data_cfg` gives the Many/Medium/Few thresholds; `on_model(arm, seed, info)` reports progress after each
-    model (`info`: its val score, test metrics when it was tested, `done` and `total`).
+    folder) adds an arm; `tune` (default `cfg.tune`) adds the arm `tuned`, chosen from `cfg.tune_grid` (x
+    `cfg.tune_sets`, made with `synth_cfg`, the recipe's synthesis settings) on val. `data_cfg` gives the
+    Many/Medium/Few thresholds; `on_model(arm, seed, info)` reports progress after each model (`info`: its val
+    score, test metrics when it was tested, `done` and `total`); `on_synthesis(name, done, total)` while a
+    tune set is made.
     """
     run_dir = Path(run_dir)
     compare = dict(compare or {})
-    specs, grid = plan_specs(cfg, arms, compare, cfg.tune if tune is None else tune)
+    specs, grid, tune_sets = plan_specs(cfg, arms, compare, cfg.tune if tune is None else tune)
+    if tune_sets and synth_cfg is None:
+        raise ValueError("tune_sets need synth_cfg, the synthesis settings to make them with")
     split = load_split(run_dir)
     stats = split.stats(data_cfg or DataConfig())
+    folders = {"synthetic": run_dir / "synthetic", **compare,
+               **make_sets(run_dir, tune_sets, synth_cfg, split, on_synthesis)}
     experiment = Experiment.prepare(split, cfg)
-    prepared, sets = prepare_arms(list({s.name: s for s in [*specs, *grid]}.values()), compare, run_dir, split,
-                                  experiment)
+    prepared, sets = prepare_arms({**{s.name: s for s in specs}, **grid}, folders, run_dir, split, experiment)
     test_set = experiment.dataset(split.test, train=False)
-    seeds = range(experiment.seeds)
+    seeds = experiment.seeds
+    tune_seeds = tune_seed_count(cfg, seeds) if grid else seeds
     reported = [spec.name for spec in specs]
-    total = len(prepared) * len(seeds)
+    total = planned_count(reported, list(grid), seeds, tune_seeds)
     runs: dict[str, list[dict]] = {name: [] for name in reported}
     correct: dict[tuple[str, int], np.ndarray] = {}
 
@@ -153,37 +179,42 @@ def run_downstream(
         if on_model:
             on_model(name, seed, {**run, "done": done, "total": total})
 
-    tuning, best = None, None
-    if grid:  # val only: a grid member reads the test split only if it is also a reported arm
-        scores, kept = {}, []
-        for spec in grid:
-            arm, models = prepared[spec.name], []
-            for seed in seeds:
-                trained, record = train(arm, seed)
-                run = test(arm.name, seed, trained, record) if arm.name in reported else record
-                models.append((trained, record) if arm.name not in reported else None)
-                scores.setdefault(arm.name, []).append(trained.val_balanced_accuracy)
-                report(arm.name, seed, run)
-            mean = float(np.mean(scores[arm.name]))
-            if best is None or mean > best[1]:
-                best, kept = (arm.name, mean), models
-        chosen = best[0]
-        for seed, entry in zip(seeds, kept):
-            if entry is None:  # the chosen member is a reported arm: its models were tested already
-                runs.setdefault(TUNED, []).append({**runs[chosen][seed], "arm": TUNED})
-                correct[TUNED, seed] = correct[chosen, seed]
-            else:
-                test(TUNED, seed, *entry)
-        tuning = {"metric": "val_balanced_accuracy", "chosen": chosen,
-                  "selector": "highest mean over seeds of each model's best val balanced accuracy; ties: grid order",
-                  "grid": [{"spec": name, "val_balanced_accuracy": spread(values), "per_seed": values,
-                            "chosen": name == chosen} for name, values in scores.items()]}
-    for name in reported:
-        if runs[name]:
-            continue
-        for seed in seeds:
+    tuning, kept = None, {}
+    if grid:  # val only, first tune_seeds seeds: a grid member reads the test split only as a listed arm
+        scores, models = {}, {}
+        for name in grid:
+            models[name] = {}
+            for seed in range(tune_seeds):
+                trained, record = train(prepared[name], seed)
+                if name in reported:
+                    run = test(name, seed, trained, record)
+                else:
+                    models[name][seed] = (trained, record)
+                    run = record
+                scores.setdefault(name, []).append(trained.val_balanced_accuracy)
+                report(name, seed, run)
+            leader = best(scores)
+            models = {leader: models[leader]}  # only the leader's untested models stay in memory
+        chosen = best(scores)
+        kept = models.get(chosen, {})
+        if chosen in reported and any(name not in reported for name in grid):
+            total -= seeds - tune_seeds  # `tuned` shares the listed arm's models (planned_count's exception)
+        tuning = tuning_record(scores, chosen, grid, tune_seeds, seeds, tune_sets, folders)
+    for name in reported:  # a listed grid member keeps its tuning-seed models
+        for seed in range(len(runs[name]), seeds):
             trained, record = train(prepared[name], seed)
             report(name, seed, test(name, seed, trained, record))
+    if tuning:
+        chosen = tuning["chosen"]
+        for seed in range(seeds):
+            if chosen in reported:  # its models were tested already
+                runs.setdefault(TUNED, []).append({**runs[chosen][seed], "arm": TUNED})
+                correct[TUNED, seed] = correct[chosen, seed]
+            elif seed in kept:
+                test(TUNED, seed, *kept[seed])
+            else:
+                trained, record = train(prepared[chosen], seed)
+                report(TUNED, seed, test(TUNED, seed, trained, record))
 
     plan = {name: prepared[name] for name in reported}
     if tuning:

@@ -32,6 +32,19 @@ SMALL_CLASSIFIER = 64  # px: at or below, a model is cheap enough for 5 seeds by
 SIZE_PROBE = 64  # training images whose most common size is "the real images' size"
 
 
+def input_size(split: Split, cfg: DownstreamConfig, reader: Optional[Reader] = None) -> tuple[tuple[int, int], int]:
+    """(the real images' (height, width): the most common among the first training images, the classifier's
+    input size: `cfg.image_size` or the real one, at most MAX_NATIVE_SIZE)."""
+    reader = reader or split.reader()
+    real_size = Counter(reader.read(key).shape[:2] for key, _ in split.train[:SIZE_PROBE]).most_common(1)[0][0]
+    return real_size, cfg.image_size or min(max(real_size), MAX_NATIVE_SIZE)
+
+
+def seed_count(cfg: DownstreamConfig, image_size: int) -> int:
+    """`cfg.seeds`, or by default 5 for a small classifier input (<= 64 px) and 3 above."""
+    return cfg.seeds or (5 if image_size <= SMALL_CLASSIFIER else 3)
+
+
 @dataclass
 class Experiment:
     split: Split
@@ -52,16 +65,13 @@ class Experiment:
         mean, std = normalization(probe, channels)
         keys = [key for part in (split.train, split.val, split.test) for key, _ in part]
         reader = cached(split.reader(), keys, cfg.cache_mb)
-        sizes = Counter(reader.read(key).shape[:2] for key, _ in split.train[:SIZE_PROBE])
-        real_size = sizes.most_common(1)[0][0]
-        image_size = cfg.image_size or min(max(real_size), MAX_NATIVE_SIZE)
+        real_size, image_size = input_size(split, cfg, reader)
         return cls(split, cfg, reader, image_size, channels, mean, std, make_accelerator(cfg.mixed_precision),
                    real_size)
 
     @property
     def seeds(self) -> int:
-        """`cfg.seeds`, or by default 5 for a small classifier input (<= 64 px) and 3 above."""
-        return self.cfg.seeds or (5 if self.image_size <= SMALL_CLASSIFIER else 3)
+        return seed_count(self.cfg, self.image_size)
 
     @property
     def steps_per_epoch(self) -> int:

@@ -24,6 +24,8 @@ def downstream(
     arms: Optional[str] = typer.Option(None, "--arms", help="Comma list of arms: real, reweight, oversample, synthetic, a --compare name; synthetic settings as BASE+la+filter+crt[w=0.5,share=0.25], e.g. synthetic+la[w=0.5]."),
     tune: Optional[bool] = typer.Option(None, "--tune/--no-tune", help="Add the arm `tuned`: the downstream.tune_grid setting with the best mean val score (test read only by it)."),
     tune_grid: Optional[str] = typer.Option(None, "--tune-grid", help="Comma list of synthetic arm specs for --tune (default: the recipe's)."),
+    tune_seeds: Optional[int] = typer.Option(None, "--tune-seeds", help="Score the grid on val over this many seeds (default 2); the chosen setting then trains every seed."),
+    tune_sets: Optional[str] = typer.Option(None, "--tune-sets", help="Also tune over synthesis settings (implies --tune): comma list of SOURCE[@STRENGTH[+STRENGTH...]], e.g. noise,minority@0.5,majority@0.3+0.6; each made once into RUN/synthetic-<name>/."),
     compare: Optional[list[str]] = typer.Option(None, "--compare", help="NAME=DIR: one more synthetic arm from DIR (a synthetic folder or a run folder); repeatable."),
     model: Optional[str] = typer.Option(None, "--model", help="Any timm.create_model name."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from timm's own weights (needs internet)."),
@@ -44,7 +46,10 @@ def downstream(
         "downstream.weights": str(weights) if weights else None, "downstream.image_size": image_size,
         "downstream.epochs": epochs, "downstream.seeds": seeds, "downstream.batch_size": batch_size,
         "downstream.lr": lr, "downstream.reweight": reweight, "downstream.mixed_precision": mixed_precision,
-        "downstream.tune": tune, "downstream.tune_grid": split_specs(tune_grid) if tune_grid is not None else None,
+        "downstream.tune": True if tune is None and tune_sets else tune,
+        "downstream.tune_grid": split_specs(tune_grid) if tune_grid is not None else None,
+        "downstream.tune_seeds": tune_seeds,
+        "downstream.tune_sets": [s.strip() for s in tune_sets.split(",") if s.strip()] if tune_sets is not None else None,
     }
     cfg = recipe_with(recipe, sets, **options)
     from capaug.classifier.downstream import plan_specs, run_downstream
@@ -59,7 +64,7 @@ def downstream(
             log(tracking.scalars({k: v for k, v in info.items() if k not in ("done", "total")}, f"{arm}/"), seed)
 
         result = run_downstream(run, cfg.downstream, parse_compare(compare), chosen, data_cfg=cfg.data,
-                                on_model=on_model)
+                                on_model=on_model, synth_cfg=cfg.synthesize)
     print_summary(result, run)
 
 

@@ -53,7 +53,7 @@ def test_arm_syntax_is_canonical_and_refuses_unknown_settings():
 
 def test_a_compare_set_is_listed_plain_only_when_no_arm_names_it():
     cfg, compare = DownstreamConfig(), {"ddpm": None, "cm": None}
-    specs, _ = downstream_module.plan_specs(cfg, ["real", "ddpm+la"], compare, tune=False)
+    specs, _, _ = downstream_module.plan_specs(cfg, ["real", "ddpm+la"], compare, tune=False)
     assert [s.name for s in specs] == ["real", "ddpm+la", "cm"]
 
 
