@@ -184,6 +184,9 @@ def analyze_capacity(
     if info.split_hash != split.hash:
         raise CapaugError(f"the model of {run_dir} was trained on split {info.split_hash[:12]}, "
                           f"not the run's split {split.hash[:12]} (mismatched split)")
+    if info.parameterization != "eps":  # the probe draws DDPM timesteps and scores eps-MSE
+        raise CapaugError(f"capaug analyze capacity scores eps-prediction models; {run_dir}'s model is "
+                          f"{info.parameterization}")
     pruning = pruning_sensitivity(folded, noise_scheduler, probe, num_classes, fractions, batch_size)
     split_result = None
     if saved["train"]["method"] in CAPACITY_METHODS:

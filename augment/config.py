@@ -92,6 +92,8 @@ class TrainConfig(Strict):
     p_uncond: float = Field(0.1, ge=0, lt=1)
     image_size: int = Field(32, ge=8, description="any size the UNet halves cleanly: divisible by 2^(levels - 1)")
     unet: UNetConfig = UNetConfig()
+    parameterization: Literal["eps", "edm"] = Field("eps", description="eps: DDPM noise prediction; edm: Karras et "
+                                                    "al. 2022 preconditioning, noise levels and loss (augment/edm.py)")
     loss_weighting: Literal["none", "min_snr"] = "none"
     snr_gamma: float = Field(5.0, gt=0, description="min_snr: w(t) = min(SNR, gamma) / SNR")
     num_train_timesteps: int = 1000
@@ -125,6 +127,19 @@ class TrainConfig(Strict):
             return float(v)
         except (TypeError, ValueError):
             raise ValueError(f"lambda_div must be a number or 'auto', got {v!r}") from None
+
+    @model_validator(mode="after")
+    def _edm_takes_its_own_loss(self):
+        """EDM's lambda(sigma) already weights every noise level (min-SNR would weight twice), and CBDM's t/T and
+        OC's abar_t are defined on the DDPM schedule."""
+        if self.parameterization == "edm":
+            if self.loss_weighting != "none":
+                raise ValueError(f"loss_weighting {self.loss_weighting} is for parameterization eps; edm weights its "
+                                 "loss by lambda(sigma) (use loss_weighting none)")
+            if self.base_loss != "ddpm":
+                raise ValueError(f"base_loss {self.base_loss} is defined on the DDPM schedule; parameterization edm "
+                                 "trains base_loss ddpm (the EDM denoising loss)")
+        return self
 
     @model_validator(mode="after")
     def _unet_fits_image(self):

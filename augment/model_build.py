@@ -56,6 +56,11 @@ def build_model(cfg: TrainConfig, num_classes: int, channels: int, from_pretrain
 
 
 def noise_schedule(cfg: TrainConfig):
+    """The schedule trained on and saved with the model: DDPM's for eps, EDM's sigma range for edm."""
     from diffusers import DDPMScheduler
 
+    if cfg.parameterization == "edm":
+        from .edm import edm_schedule
+
+        return edm_schedule()
     return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule)

@@ -2,7 +2,8 @@
 
 Layout of `RUN/diffusion/model/`:
   config.json, diffusion_pytorch_model.safetensors   a plain diffusers UNet2DModel (save_pretrained)
-  scheduler/scheduler_config.json                    the training noise schedule (DDPMScheduler)
+  scheduler/scheduler_config.json                    the training noise schedule (DDPMScheduler; EDMEulerScheduler
+                                                     for parameterization edm, whose config builds either EDM sampler)
   capaug.json                                        what a plain UNet does not know (see `ModelInfo`)
 """
 
@@ -31,6 +32,7 @@ class ModelInfo:
     channels: int
     method: str = "cm"
     base_loss: str = "ddpm"
+    parameterization: str = "eps"  # eps (the UNet predicts noise) or edm (the UNet is EDM's F: augment/edm.py)
     step: int = 0
     model_hash: str = ""
     format: str = FORMAT
@@ -77,13 +79,15 @@ def read_model_info(folder: str | Path) -> ModelInfo:
 
 
 def load_diffusion_model(folder: str | Path, device="cpu"):
-    """Return (UNet2DModel in eval mode, DDPMScheduler, ModelInfo) from a folded model folder."""
-    from diffusers import DDPMScheduler, UNet2DModel
+    """Return (UNet2DModel in eval mode, its noise schedule, ModelInfo) from a folded model folder; the schedule is a
+    DDPMScheduler, or an EDMEulerScheduler for parameterization edm (`sampling.make_sampler` reads either)."""
+    from diffusers import DDPMScheduler, EDMEulerScheduler, UNet2DModel
 
     info = read_model_info(folder)
     folder = Path(folder)
     unet = UNet2DModel.from_pretrained(folder).to(device).eval()
-    scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
+    schedule = EDMEulerScheduler if info.parameterization == "edm" else DDPMScheduler
+    scheduler = schedule.from_pretrained(folder / "scheduler")
     return unet, scheduler, info
 
 

@@ -9,6 +9,10 @@ bf16 near 1 makes d rounding noise (about ulp x |eps_on - eps_off| instead of it
 part where the branches differ (the up path on the fast path, the whole UNet otherwise) runs in float32; the
 shared down/mid path keeps the autocast precision.
 `encode` + `decode` follow `diffusers.UNet2DModel.forward` for the UNets `unet.build_unet` makes.
+
+The parameterization (`cfg.parameterization`) decides how x0 is noised and what L_base scores the network's output
+on: `EpsParameterization` (DDPM epsilon prediction) or `edm.EDMParameterization` (Karras et al. 2022). Either way
+the UNet's raw outputs of the on and off branches give d: eps under eps, F under edm (the same unit scale).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from torch import nn
 
 from .capacity import CAPACITY_METHODS, SplitGate, capacity_gate, capacity_layers, capacity_outside_up
 from .config import TrainConfig
+from .edm import EDMParameterization, Noised
 from .paired_dropout import PairedDropout
 from .losses import (
     auto_lambda_div,
@@ -83,6 +88,45 @@ def decode(unet, h, skips, emb):
     return unet.conv_out(unet.conv_act(unet.conv_norm_out(h)))
 
 
+class EpsParameterization(nn.Module):
+    """DDPM epsilon prediction (DESIGN.md): t ~ U{0..T-1}, x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) n, the network
+    predicts n; L_base (ddpm) = mean (eps - n)^2, each sample times its min-SNR weight with loss_weighting min_snr."""
+
+    name = "eps"
+
+    def __init__(self, noise_scheduler, cfg: TrainConfig):
+        super().__init__()
+        if noise_scheduler.config.prediction_type != "epsilon":
+            raise ValueError("DiffusionObjective trains epsilon prediction")
+        self.noise_scheduler = noise_scheduler
+        self.snr_gamma = cfg.snr_gamma if cfg.loss_weighting == "min_snr" else None
+        self.register_buffer("alphas_cumprod", noise_scheduler.alphas_cumprod.clone(), persistent=False)
+
+    def noise(self, x0) -> Noised:
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(x0),), device=x0.device)
+        n = torch.randn_like(x0)
+        x_t = self.noise_scheduler.add_noise(x0, n, t)
+        return Noised(model_in=x_t, timestep=t, x0=x0, noise=n, noisy=x_t, level=t)
+
+    def weights(self, noised: Noised):
+        """Min-SNR-gamma weights per sample (diffusers' compute_snr), or None."""
+        if self.snr_gamma is None:
+            return None
+        from diffusers.training_utils import compute_snr
+
+        return min_snr_weights(compute_snr(self.noise_scheduler, noised.level), self.snr_gamma)
+
+    def loss(self, eps, noised: Noised):
+        return ddpm_loss(eps, noised.noise, self.weights(noised))
+
+
+def make_parameterization(noise_scheduler, cfg: TrainConfig) -> nn.Module:
+    """The noising and L_base of `cfg.parameterization`, on the model's noise schedule."""
+    if cfg.parameterization == "edm":
+        return EDMParameterization.from_scheduler(noise_scheduler)
+    return EpsParameterization(noise_scheduler, cfg)
+
+
 class DiffusionObjective(nn.Module):
     """forward(x0, labels) -> dict(loss, loss_base, loss_cm, d); t, noise, label dropout and the cm_fraction subset
     come from torch's global RNG on x0's device. `fast_path` says whether the CM step shares the down/mid path;
@@ -90,8 +134,6 @@ class DiffusionObjective(nn.Module):
 
     def __init__(self, unet, noise_scheduler, cfg: TrainConfig, train_counts, groups=None):
         super().__init__()
-        if noise_scheduler.config.prediction_type != "epsilon":
-            raise ValueError("DiffusionObjective trains epsilon prediction")
         if cfg.method in CAPACITY_METHODS and not capacity_layers(unet):
             raise ValueError(f"method {cfg.method!r} needs capacity terms: call capacity.add_capacity(unet, ...) first")
         self.unet, self.noise_scheduler, self.cfg = unet, noise_scheduler, cfg
@@ -102,12 +144,12 @@ class DiffusionObjective(nn.Module):
         self.register_buffer("w_con", w_con, persistent=False)
         self.register_buffer("w_div", w_div, persistent=False)
         self.register_buffer("label_prob", counts / counts.sum(), persistent=False)
-        self.register_buffer("alphas_cumprod", noise_scheduler.alphas_cumprod.clone(), persistent=False)
+        self.parameterization = make_parameterization(noise_scheduler, cfg)
         self.fast_path = cfg.method == "cm" and shares_encoder(unet)  # lowrank trains the on branch only
         self.dropout = PairedDropout(unet)
 
     def predict(self, x_t, t, labels, off, fast: bool | None = None):
-        """(eps_on for every row, eps_off for the rows `off`), by the fast path or by two full passes."""
+        """(network output on for every row, off for the rows `off`), by the fast path or by two full passes."""
         fast = self.fast_path if fast is None else fast
         if fast:
             if not shares_encoder(self.unet):
@@ -130,13 +172,12 @@ class DiffusionObjective(nn.Module):
 
     def forward(self, x0, labels):
         cfg, n, device = self.cfg, len(x0), x0.device
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), device=device)
-        noise = torch.randn_like(x0)
-        x_t = self.noise_scheduler.add_noise(x0, noise, t)
+        noised = self.parameterization.noise(x0)
+        x_t, t = noised.model_in, noised.timestep
         cond = labels.masked_fill(torch.rand(n, device=device) < cfg.p_uncond, self.num_classes)
 
         # the on-branch batch: every sample, plus (cbdm) the labelled ones again with a second label y'
-        x_in, t_in, y_in = x_t, t, cond
+        x_in, t_in, y_in, labelled = x_t, t, cond, None
         if cfg.base_loss == "cbdm":
             labelled, y_other = cbdm_pairs(cond, self.num_classes, self.label_prob)
             x_in, t_in, y_in = torch.cat([x_t, x_t[labelled]]), torch.cat([t, t[labelled]]), torch.cat([cond, y_other])
@@ -152,19 +193,19 @@ class DiffusionObjective(nn.Module):
         else:
             eps_in = self.unet(x_in, t_in, y_in).sample
             loss_cm = torch.zeros((), device=device)
-        eps_on = eps_in[:n]
-
-        weights = None
-        if cfg.loss_weighting == "min_snr":
-            from diffusers.training_utils import compute_snr
-
-            weights = min_snr_weights(compute_snr(self.noise_scheduler, t), cfg.snr_gamma)
-        if cfg.base_loss == "ddpm":
-            loss_base = ddpm_loss(eps_on, noise, weights)
-        elif cfg.base_loss == "cbdm":
-            T = self.noise_scheduler.config.num_train_timesteps
-            loss_base = cbdm_loss(eps_on, noise, eps_in[n:], labelled, t, T, cfg.cbdm_tau, cfg.cbdm_gamma, weights)
-        else:
-            loss_base = oc_loss(eps_on, x_t, x0, self.alphas_cumprod[t], self.label_prob[labels], weights)
+        loss_base = self.base_loss(eps_in[:n], eps_in[n:], labelled, noised, labels)
         loss = loss_base + loss_cm
         return dict(loss=loss, loss_base=loss_base.detach(), loss_cm=loss_cm.detach(), d=d)
+
+    def base_loss(self, eps_on, eps_other, labelled, noised: Noised, labels):
+        """L_base on the on branch: the parameterization's denoising loss (ddpm), or CBDM / OC (eps only: the
+        config refuses them with edm). `eps_other`: CBDM's predictions for the rows `labelled` with label y'."""
+        cfg, param = self.cfg, self.parameterization
+        if cfg.base_loss == "ddpm":
+            return param.loss(eps_on, noised)
+        if cfg.base_loss == "cbdm":
+            T = self.noise_scheduler.config.num_train_timesteps
+            return cbdm_loss(eps_on, noised.noise, eps_other, labelled, noised.level, T, cfg.cbdm_tau, cfg.cbdm_gamma,
+                             param.weights(noised))
+        return oc_loss(eps_on, noised.noisy, noised.x0, param.alphas_cumprod[noised.level], self.label_prob[labels],
+                       param.weights(noised))

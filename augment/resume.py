@@ -1,11 +1,11 @@
 """What `capaug train --resume` may change, and the run's config history (`RUN/diffusion/config_history.yaml`).
 
 A resumed run continues one experiment, so anything that defines what is being trained (method, losses and
-their weights, data, batch, model shape, noise schedule, seed, EMA) is fixed at the first start. Recovery
-settings may change: a lower (or higher) learning rate after a NaN, more (or fewer) steps, gradient clipping,
-weight decay and the execution knobs (intervals, workers, memory layout). Precision and `compile` stay fixed too:
-a checkpoint's state (gradient scaler, compiled module names) belongs to them. Every start and every resume is
-appended to the history with the changes it brought.
+their weights, data, batch, model shape, parameterization (eps / edm) and noise schedule, seed, EMA) is fixed at
+the first start. Recovery settings may change: a lower (or higher) learning rate after a NaN, more (or fewer)
+steps, gradient clipping, weight decay and the execution knobs (intervals, workers, memory layout). Precision and
+`compile` stay fixed too: a checkpoint's state (gradient scaler, compiled module names) belongs to them. Every
+start and every resume is appended to the history with the changes it brought.
 """
 
 from __future__ import annotations

@@ -12,13 +12,19 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .edm import edm_sampler, is_edm
+
 SAMPLERS = ("dpmsolver++", "ddim", "ddpm")
 
 
 def make_sampler(noise_scheduler, sampler: str):
-    """A fresh diffusers scheduler for `sampler` on the training noise schedule (schedulers are stateful)."""
+    """A fresh diffusers scheduler for `sampler` on the training noise schedule (schedulers are stateful); an EDM
+    model's schedule gets diffusers' EDM schedulers (`edm.edm_sampler`), which precondition inside
+    `scale_model_input` and `step`, so the sampling loop is the same for both."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
+    if is_edm(noise_scheduler):
+        return edm_sampler(noise_scheduler, sampler)
     if sampler == "dpmsolver++":
         # Pixel-space models need their x0 predictions kept in range, as DDIM and DDPM do with clip_sample.
         return DPMSolverMultistepScheduler.from_config(noise_scheduler.config, algorithm_type="dpmsolver++",

@@ -174,7 +174,8 @@ def setup_training(split: Split, cfg: TrainConfig, run_dir: Path, data_cfg: Data
 
     loader = _data_loader(split, cfg, image_size, channels, step, rank, world)
     info = ModelInfo(classes=classes, train_counts=counts, split_hash=split.hash, image_size=image_size,
-                     channels=channels, method=cfg.method, base_loss=cfg.base_loss)
+                     channels=channels, method=cfg.method, base_loss=cfg.base_loss,
+                     parameterization=cfg.parameterization)
     return TrainLoop(cfg=cfg, run_dir=run_dir, accelerator=accelerator, objective=objective, optimizer=optimizer,
                      lr_scheduler=lr_scheduler, ema=ema, trainable=trainable, noise_scheduler=noise_scheduler,
                      batches=iter(loader), classes=classes, channels_last=channels_last, info=info,
