@@ -7,13 +7,49 @@ of a silently ignored setting.
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+import types
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class Strict(BaseModel):
+    """Unknown keys are errors; numbers are never true/false and true/false is only ever a real boolean (pydantic
+    alone would read `steps: true` as 1 step and `hflip: 1` as on). Numbers written as text ("1e-4") still work."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_confusion(cls, value: Any, info) -> Any:
+        _check_bool_use(cls.model_fields[info.field_name].annotation, value)
+        return value
+
+
+def _leaves(annotation) -> list:
+    """The alternatives of an annotation: `Optional[int]` -> [int, NoneType], `Annotated[X, ...]` -> X's."""
+    if get_origin(annotation) is Annotated:
+        return _leaves(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, types.UnionType):
+        return [leaf for arg in get_args(annotation) for leaf in _leaves(arg)]
+    return [annotation]
+
+
+def _check_bool_use(annotation, value: Any) -> None:
+    """Refuse true/false for a field that does not take booleans, and anything else for one that takes only them
+    (list items too)."""
+    leaves = [leaf for leaf in _leaves(annotation) if leaf is not type(None)]
+    if isinstance(value, bool) and bool not in leaves:
+        raise PydanticCustomError("bool_not_allowed", "expected {kind}, got {value}",
+                                  {"kind": "a number" if {int, float} & set(leaves) else "a value, not true/false",
+                                   "value": str(value).lower()})
+    if leaves == [bool] and value is not None and not isinstance(value, bool):
+        raise PydanticCustomError("bool_only", "expected true or false, got {value}", {"value": repr(value)})
+    item_types = [get_args(leaf)[0] for leaf in leaves if get_origin(leaf) is list and get_args(leaf)]
+    if isinstance(value, list) and item_types:
+        for item in value:
+            _check_bool_use(item_types[0], item)
 
 
 def intensity_window(rule: str) -> Optional[tuple[float, float]]:
@@ -63,7 +99,7 @@ class UNetConfig(Strict):
     layers_per_block: int = 1
     attention_levels: list[bool] = [False, True]
     attention_head_dim: int = 8
-    norm_num_groups: int = 8
+    norm_num_groups: int = Field(8, ge=1)
     dropout: float = 0.0
 
     @field_validator("attention_levels")
@@ -73,6 +109,16 @@ class UNetConfig(Strict):
         if channels is not None and len(v) != len(channels):
             raise ValueError("attention_levels needs one entry per block_out_channels entry")
         return v
+
+    @model_validator(mode="after")
+    def _groups_divide_channels(self):
+        """GroupNorm splits each block's channels into norm_num_groups equal groups."""
+        groups, channels = self.norm_num_groups, self.block_out_channels
+        if any(c % groups for c in channels):
+            fits = max(d for d in range(1, groups + 1) if math.gcd(*channels) % d == 0)
+            raise ValueError(f"norm_num_groups {groups} does not divide every block_out_channels entry {channels} "
+                             f"(GroupNorm needs whole groups); e.g. norm_num_groups {fits} does")
+        return self
 
 
 class TrainConfig(Strict):
@@ -121,7 +167,7 @@ class TrainConfig(Strict):
     @field_validator("lambda_div", mode="before")
     @classmethod
     def _number_or_auto(cls, v):
-        if v == "auto":
+        if v == "auto" or isinstance(v, bool):  # true/false: refused by Strict's rule
             return v
         try:
             return float(v)

@@ -18,6 +18,8 @@ import csv
 import hashlib
 import os
 import warnings
+import zipfile
+import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -89,9 +91,15 @@ def scan_source(spec: str | os.PathLike, intensity: str = "minmax") -> Catalog:
     raise CapaugError(f"data path {path} is not a folder, a .npz or a .csv file")
 
 
-def load_npz(path: Path) -> dict[str, np.ndarray]:
+def load_npz(path: Path, warn: bool = True) -> dict[str, np.ndarray]:
     """Read a MedMNIST-layout npz (train/val/test _images and _labels), refusing other layouts and labels that
-    are not class indices (negative, fractional); integral float labels (1.0) become integers."""
+    are not class indices (negative, fractional); integral float labels (1.0) become integers.
+
+    Images come back as (N, H, W) or channel-last (N, H, W, 1 or 3): channel-first arrays are transposed and
+    RGBA loses its alpha channel (views, no copy), with one warning when `warn` (the scan warns; readers not)."""
+    if not zipfile.is_zipfile(path):
+        raise CapaugError(f"{path} is not an npz file: not a zip archive (truncated, or another format); "
+                          "write one with numpy.savez")
     try:
         with np.load(path) as npz:
             missing = [k for k in NPZ_KEYS if k not in npz.files]
@@ -100,11 +108,34 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
                     f"{path} lacks the keys {', '.join(missing)} (a MedMNIST npz has train/val/test _images and _labels)"
                 )
             arrays = {k: npz[k] for k in NPZ_KEYS}
-    except (OSError, ValueError, AttributeError, TypeError) as e:  # not a zip, or a bare .npy array
-        raise CapaugError(f"{path} is not a readable npz file: {e}") from None
+    except (OSError, ValueError, EOFError, AttributeError, TypeError, zipfile.BadZipFile, zlib.error) as e:
+        raise CapaugError(f"{path} is not a readable npz file (damaged or truncated): {e}") from None
+    notes: list[str] = []
     for part in SPLITS:
+        arrays[f"{part}_images"] = _channel_last(path, f"{part}_images", arrays[f"{part}_images"], notes)
         arrays[f"{part}_labels"] = _class_indices(path, f"{part}_labels", arrays[f"{part}_labels"])
+    if warn and notes:
+        warnings.warn(f"{path}: " + "; ".join(dict.fromkeys(notes)), stacklevel=2)
     return arrays
+
+
+def _channel_last(path: Path, name: str, images: np.ndarray, notes: list[str]) -> np.ndarray:
+    """(N, H, W) or (N, H, W, C) with C = 1 or 3; channel-first is transposed when unambiguous (dim 1 is 1, 3
+    or 4 and the last is not), RGBA becomes RGB (alpha dropped). Anything else is refused with the fix."""
+    channels = (1, 3, 4)
+    if images.ndim == 4 and images.shape[1] in channels and images.shape[-1] not in channels:
+        shape = ", ".join(map(str, images.shape[1:]))
+        notes.append(f"images are channel-first (N, {shape}), read as channel-last (N, H, W, C)")
+        images = np.moveaxis(images, 1, -1)
+    if images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (1, 3)):
+        return images
+    if images.ndim == 4 and images.shape[-1] == 4:
+        notes.append("images have 4 channels (RGBA), read as RGB (the alpha channel is dropped)")
+        return images[..., :3]
+    raise CapaugError(
+        f"{path}: {name} has shape {images.shape}; images must be (N, H, W) or channel-last (N, H, W, C) with "
+        "C = 1, 3 or 4 (for channel-first arrays save numpy.moveaxis(images, 1, -1))"
+    )
 
 
 def _class_indices(path: Path, name: str, labels: np.ndarray) -> np.ndarray:
@@ -385,7 +416,7 @@ class ImageReader:
     def _array_source(self) -> dict[str, np.ndarray]:
         if self._arrays is None:
             if self.source["kind"] == "npz":
-                self._arrays = load_npz(Path(self.source["path"]))
+                self._arrays = load_npz(Path(self.source["path"]), warn=False)  # the scan warned
             else:
                 from .builtin import builtin_arrays
 

@@ -28,18 +28,30 @@ def list_recipes() -> dict[str, str]:
 def _read(name_or_path: str) -> tuple[str, dict]:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        text, label = path.read_text(), str(path)
+        text, label = _read_file(path), str(path)
     elif name_or_path in recipe_names():
         text, label = resources.files(__name__).joinpath(f"{name_or_path}.yaml").read_text(), name_or_path
     else:
         raise CapaugError(f"unknown recipe {name_or_path!r}; choose one of {', '.join(recipe_names())} or a .yaml file")
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise CapaugError(f"recipe {label} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if raw is None:
+        raise CapaugError(f"recipe file {label} is empty; give it settings (see `capaug recipes`) or leave --recipe out")
     if not isinstance(raw, dict):
         raise CapaugError(f"recipe {label} must be a mapping of settings")
     return label, raw
+
+
+def _read_file(path: Path) -> str:
+    """A recipe file's text; a binary or non-UTF-8 file is refused, not decoded into nonsense."""
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CapaugError(f"recipe file {path} is not UTF-8 text (byte {e.start}); a recipe is a YAML file") from None
+    except OSError as e:
+        raise CapaugError(f"cannot read recipe file {path}: {e.strerror or e}") from None
 
 
 def validate(raw: Mapping[str, Any], label: str = "recipe") -> Recipe:
@@ -51,7 +63,8 @@ def validate(raw: Mapping[str, Any], label: str = "recipe") -> Recipe:
         key = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             raise CapaugError(f"{label}: unknown key '{key}'") from None
-        raise CapaugError(f"{label}: bad value for '{key}': {err['msg']}") from None
+        message = err["msg"].removeprefix("Value error, ")
+        raise CapaugError(f"{label}: bad value for '{key}': {message}") from None
 
 
 def set_dotted(raw: dict, key: str, value: Any) -> None:

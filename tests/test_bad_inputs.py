@@ -136,3 +136,187 @@ def test_settings_that_cannot_work_are_refused_before_the_run_starts(capsys, dat
     line = run_cli(capsys, "train", data, "--run", tmp_path / "r", *option)
     assert option[0].lstrip("-").replace("-", "_") in line
     assert not (tmp_path / "r" / "diffusion").exists()
+
+
+# --------------------------------------------------------------------------- npz files
+
+
+def write_npz(path, shape, n=(12, 3, 3), seed=0):
+    """A MedMNIST-layout npz with uint8 images of `shape` per image (three classes); returns the arrays."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for part, count in zip(("train", "val", "test"), n):
+        arrays[f"{part}_images"] = rng.integers(0, 256, (count, *shape), dtype=np.uint8)
+        arrays[f"{part}_labels"] = (np.arange(count) % 3)[:, None]
+    np.savez(path, **arrays)
+    return arrays
+
+
+TINY_TRAIN = ["--steps", "1", "--image-size", "16", "--batch-size", "4", "--sample-every", "1000",
+              "--set", "train.unet.block_out_channels=[8, 16]", "--set", "train.unet.norm_num_groups=4"]
+
+
+def npz_commands(npz, tmp_path):
+    return {"inspect": ["inspect", npz], "from-npz": ["data", "from-npz", npz, "--out", tmp_path / "tree"],
+            "train": ["train", npz, "--run", tmp_path / "run", *TINY_TRAIN]}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not-a-zip", "bad-crc"])
+@pytest.mark.parametrize("command", ["inspect", "from-npz", "train"])
+def test_a_damaged_npz(capsys, tmp_path, damage, command):
+    good = tmp_path / "good.npz"
+    write_npz(good, (16, 16, 3))
+    data = good.read_bytes()
+    bad = tmp_path / "bad.npz"
+    if damage == "truncated":
+        bad.write_bytes(data[: len(data) // 2])
+    elif damage == "not-a-zip":
+        bad.write_bytes(b"P6 16 16 255\n" + bytes(200))
+    else:  # the zip's directory is intact, an array's bytes are not
+        bad.write_bytes(data[:300] + bytes(64) + data[364:])
+    line = run_cli(capsys, *npz_commands(bad, tmp_path)[command])
+    assert str(bad) in line and "npz" in line
+    assert not (tmp_path / "tree").exists() and not (tmp_path / "run" / "diffusion").exists()
+
+
+def run_ok(capsys, *args) -> str:
+    """Run `capaug ARGS` in-process, expecting success; return stderr."""
+    try:
+        main([str(a) for a in args])
+    except SystemExit as ended:
+        assert ended.code in (0, None), capsys.readouterr().err
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shape, note", [((3, 16, 16), "channel-first"), ((16, 16, 4), "alpha"),
+                                         ((4, 16, 16), "channel-first")])
+def test_channel_first_and_rgba_npz_are_read_as_rgb_everywhere(capsys, tmp_path, shape, note):
+    from capaug.augment.sources import scan_source
+
+    npz = tmp_path / "x.npz"
+    arrays = write_npz(npz, shape)
+    images = arrays["train_images"]
+    expected = (np.moveaxis(images, 1, -1) if shape[0] in (3, 4) else images)[..., :3]
+
+    with pytest.warns(UserWarning, match=note):
+        catalog = scan_source(npz)  # the one reader all stages use
+    assert catalog.mode == "RGB"
+    reader_pixels = np.stack([catalog_reader(catalog).read(f"train/{i:06d}") for i in range(len(images))])
+    assert np.array_equal(reader_pixels, expected)
+
+    assert note in run_ok(capsys, "inspect", npz)
+    run_ok(capsys, "data", "from-npz", npz, "--out", tmp_path / "tree")
+    written = np.array(Image.open(tmp_path / "tree" / "train" / "0" / "000000.png"))
+    assert np.array_equal(written, expected[0])
+
+
+def catalog_reader(catalog):
+    from capaug.augment.sources import ImageReader
+
+    return ImageReader(catalog.source, catalog.mode)
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 16), (16, 16, 4)])
+def test_train_takes_channel_first_and_rgba_npz(capsys, tmp_path, shape):
+    npz = tmp_path / "x.npz"
+    write_npz(npz, shape)
+    run_ok(capsys, "train", npz, "--run", tmp_path / "run", *TINY_TRAIN)
+    assert (tmp_path / "run" / "diffusion" / "model" / "capaug.json").is_file()
+
+
+@pytest.mark.parametrize("shape", [(5, 16, 16), (16, 16, 2), (2, 16, 16, 3)])
+def test_npz_images_of_an_unreadable_layout_are_refused_with_the_fix(capsys, tmp_path, shape):
+    npz = tmp_path / "x.npz"
+    write_npz(npz, shape)
+    for args in npz_commands(npz, tmp_path).values():
+        line = run_cli(capsys, *args)
+        assert str((12, *shape)) in line and "channel-last" in line
+
+
+# --------------------------------------------------------------------------- recipe files
+
+
+@pytest.fixture
+def recipe_file(tmp_path):
+    path = tmp_path / "recipe.yaml"
+
+    def write(content: bytes | str):
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return path
+
+    return write
+
+
+def train_with_recipe(capsys, data, tmp_path, recipe, *more):
+    line = run_cli(capsys, "train", data, "--run", tmp_path / "run", "--recipe", recipe, *more)
+    assert not (tmp_path / "run" / "diffusion").exists()
+    return line
+
+
+def test_groups_that_do_not_divide_the_channels(capsys, data, tmp_path, recipe_file):
+    recipe = recipe_file("train:\n  unet:\n    block_out_channels: [16, 32]\n    norm_num_groups: 7\n")
+    line = train_with_recipe(capsys, data, tmp_path, recipe)
+    assert "norm_num_groups 7" in line and "[16, 32]" in line
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 4, "description: caf\u00e9\n".encode("latin-1")],
+                         ids=["binary", "latin-1"])
+def test_a_recipe_that_is_not_utf8_text(capsys, data, tmp_path, recipe_file, content):
+    recipe = recipe_file(content)
+    line = train_with_recipe(capsys, data, tmp_path, recipe)
+    assert str(recipe) in line and "UTF-8" in line
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "# settings to come\n"])
+def test_an_empty_recipe(capsys, data, tmp_path, recipe_file, content):
+    recipe = recipe_file(content)
+    assert f"recipe file {recipe} is empty" in train_with_recipe(capsys, data, tmp_path, recipe)
+
+
+@pytest.mark.parametrize("setting, message", [("steps: true", "expected a number, got true"),
+                                              ("hflip: 1", "expected true or false, got 1")])
+def test_true_false_and_numbers_are_not_interchangeable(capsys, data, tmp_path, recipe_file, setting, message):
+    key, value = setting.split(": ")
+    line = train_with_recipe(capsys, data, tmp_path, recipe_file(f"train:\n  {setting}\n"))
+    assert f"'train.{key}'" in line and message in line
+    assert message in run_cli(capsys, "train", data, "--run", tmp_path / "run", "--set", f"train.{key}={value}")
+
+
+def config_fields():
+    """(model, field name, kind) for every number and true/false setting of augment/config.py."""
+    from capaug.augment import config
+
+    models = [m for m in vars(config).values() if isinstance(m, type) and issubclass(m, config.Strict)
+              and m is not config.Strict]
+    for model in models:
+        for name, info in model.model_fields.items():
+            leaves = {leaf for leaf in config._leaves(info.annotation) if leaf is not type(None)}
+            leaves |= {arg for leaf in leaves if getattr(leaf, "__origin__", None) is list for arg in leaf.__args__}
+            if leaves & {int, float}:
+                yield model, name, "number"
+            elif bool in leaves:
+                yield model, name, "bool"
+
+
+def test_every_number_setting_refuses_true_false_and_every_switch_refuses_numbers():
+    from pydantic import ValidationError
+
+    fields = list(config_fields())
+    assert {("TrainConfig", "steps"), ("UNetConfig", "block_out_channels"), ("TrainConfig", "hflip"),
+            ("TrainConfig", "lambda_div")} <= {(m.__name__, n) for m, n, _ in fields}
+    for model, name, kind in fields:
+        default = model.model_fields[name].default
+        wrong = [True, False] if kind == "number" else [1, 0, "true", "yes"]
+        for value in wrong:
+            value = [value] * len(default) if isinstance(default, list) else value
+            with pytest.raises(ValidationError, match="expected"):
+                model(**{name: value})
+
+
+def test_numbers_written_as_text_still_work():
+    from capaug.recipes import load_recipe, parse_assignment
+
+    recipe = load_recipe("quickstart", dict(map(parse_assignment, ["train.lr=1e-4", "train.steps=5",
+                                                                   "train.hflip=true", "train.lambda_div=auto"])))
+    assert (recipe.train.lr, recipe.train.steps, recipe.train.hflip, recipe.train.lambda_div) == (1e-4, 5, True, "auto")
+    assert load_recipe("quickstart", {"train.steps": "7", "train.unet.dropout": "0.1"}).train.steps == 7
