@@ -7,6 +7,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -14,8 +17,13 @@ import yaml
 
 from .config import Recipe
 from .errors import CapaugError
+from .io import write_json
+from .model_io import ModelInfo
 from .runlock import locks_run
 from .split import prepare_split
+
+RECORD = "pipeline.json"
+RECORD_FORMAT = "capaug-pipeline/1"
 
 
 @locks_run("train", data=lambda args: args["data"] or args["recipe"].dataset)
@@ -63,30 +71,154 @@ def resumed_recipe(run_dir: str | Path, overrides: Mapping[str, Any]) -> Optiona
     return validate(raw, f"--resume of {run_dir}")
 
 
-@locks_run("pipeline", data=lambda args: args["data"])
+@dataclass
+class PipelineResult:
+    """What `run_pipeline` left in the run folder, and what this call did to each stage."""
+
+    run_dir: Path
+    stages: dict[str, str]  # stage -> "ran" | "resumed" | "skipped", in order
+    model: ModelInfo
+    synthesis: dict  # RUN/synthetic/plan.json
+    downstream: dict  # RUN/downstream/metrics.json
+    evaluation: Optional[dict] = None  # RUN/eval/metrics.json, with `evaluate`
+
+
+@locks_run("pipeline", data=lambda args: args["data"] or args["recipe"].dataset)
 def run_pipeline(
     data: Optional[str],
     run_dir: str | Path,
     recipe: Recipe,
     *,
+    evaluate: bool = False,
+    on_stage: Optional[Callable[[str, str], None]] = None,
     on_train: Optional[Callable[[dict], None]] = None,
-    on_synthesis=None,
+    on_synthesis: Optional[Callable[[str, int, int], None]] = None,
     on_model: Optional[Callable[[str, int, dict], None]] = None,
-) -> dict:
-    """train -> synthesize -> downstream on one run folder; returns the downstream `metrics.json` content.
+    on_eval: Optional[Callable[[str], None]] = None,
+) -> PipelineResult:
+    """train -> synthesize -> downstream (-> evaluate) on one run folder, under one run lock.
 
-    Rerunning picks up where an earlier call stopped: a finished model is reused, an unfinished training run
-    resumes from its last checkpoint, and synthesis completes its plan.
+    Rerunning picks up where an earlier call stopped: a finished model is reused (its recorded settings must
+    agree with `recipe` as a resume's would), an unfinished training run resumes from its last checkpoint,
+    synthesis completes its plan, and a stage whose output `RUN/pipeline.json` records as made from the same
+    request is skipped. `on_stage(stage, message)` gets one line per stage decision; the other callbacks are
+    the stages' own progress callbacks.
     """
-    from capaug.classifier.downstream import run_downstream
+    from capaug.classifier.downstream import planned_models, run_downstream
 
+    from .model_io import read_model_info
     from .split import load_split
-    from .synthesize import synthesize
-    from .checkpoints import checkpoint_dirs
+    from .synthesize import plan_for, synthesize
 
     run_dir = Path(run_dir)
+    say = on_stage or (lambda stage, message: None)
+    model_dir, synthetic = run_dir / "diffusion" / "model", run_dir / "synthetic"
+    stages = {"train": _train_stage(data, run_dir, recipe, say, on_train)}
+    split, model = load_split(run_dir), read_model_info(model_dir)
+    record = _Record(run_dir)
+
+    def make_synthetic(before: dict) -> str:
+        # a set this pipeline made from a model that has since been retrained (more --steps) is remade whole
+        made = _digest(synthetic / "plan.json")
+        stale = (made is not None and before.get("output") == made
+                 and before["request"]["model_hash"] != model.model_hash)
+        resumed = (synthetic / "plan.json").is_file() and not stale
+        planned = sum(p.generate for p in plan_for(model_dir, recipe.synthesize.target)[1])
+        say("synthesize", f"target {recipe.synthesize.target}: {planned} images, "
+            + ("remaking the set of the earlier model in " if stale else "completing " if resumed else "into ")
+            + str(synthetic))
+        result = synthesize(model_dir, synthetic, recipe.synthesize, split=split, overwrite=stale,
+                            on_progress=on_synthesis)
+        say("synthesize", f"finished: {result.made} new images")
+        return "resumed" if resumed else "ran"
+
+    stages["synthesize"] = record.stage(
+        "synthesize", {"settings": recipe.synthesize, "model_hash": model.model_hash},
+        synthetic / "plan.json", make_synthetic, say)
+    shared = {"data": recipe.data, "split_hash": split.hash, "synthetic": _digest(synthetic / "manifest.csv")}
+
+    def classify(_previous: dict) -> str:
+        say("downstream", f"{planned_models(recipe.downstream, run_dir=run_dir)} models planned")
+        run_downstream(run_dir, recipe.downstream, data_cfg=recipe.data, on_model=on_model,
+                       synth_cfg=recipe.synthesize, on_synthesis=on_synthesis)
+        return "ran"
+
+    stages["downstream"] = record.stage(
+        "downstream", {"settings": recipe.downstream, **shared}, run_dir / "downstream" / "metrics.json", classify,
+        say)
+    if evaluate:
+        from .evaluate import evaluate_run
+
+        def score(_previous: dict) -> str:
+            evaluate_run(run_dir, downstream=recipe.downstream, data_cfg=recipe.data,
+                         audit_threshold=recipe.synthesize.audit_threshold, on_stage=on_eval)
+            return "ran"
+
+        stages["evaluate"] = record.stage(
+            "evaluate", {"downstream": recipe.downstream, "audit_threshold": recipe.synthesize.audit_threshold,
+                         **shared}, run_dir / "eval" / "metrics.json", score, say)
+    read = lambda path: json.loads(path.read_text())  # noqa: E731
+    return PipelineResult(run_dir, stages, model, read(synthetic / "plan.json"),
+                          read(run_dir / "downstream" / "metrics.json"),
+                          read(run_dir / "eval" / "metrics.json") if evaluate else None)
+
+
+def _train_stage(data: Optional[str], run_dir: Path, recipe: Recipe, say, on_train) -> str:
+    """Skip a finished model trained with these settings, resume an interrupted run, or train from scratch."""
+    from .checkpoints import checkpoint_dirs
+    from .model_io import read_model_info
+
     model_dir = run_dir / "diffusion" / "model"
-    if not (model_dir / "capaug.json").is_file():
-        run_training(data, run_dir, recipe, resume=bool(checkpoint_dirs(run_dir)), callback=on_train)
-    synthesize(model_dir, run_dir / "synthetic", recipe.synthesize, split=load_split(run_dir), on_progress=on_synthesis)
-    return run_downstream(run_dir, recipe.downstream, data_cfg=recipe.data, on_model=on_model)
+    steps = recipe.train.steps
+    if (model_dir / "capaug.json").is_file() and read_model_info(model_dir).step == steps:
+        _check_finished_run(data, run_dir, recipe, steps)
+        say("train", f"skipped: {model_dir} is finished ({steps} steps)")
+        return "skipped"
+    found = checkpoint_dirs(run_dir)
+    say("train", f"resuming from {found[-1].name} to {steps} steps" if found else f"training {steps} steps")
+    result = run_training(data, run_dir, recipe, resume=bool(found), callback=on_train)
+    say("train", f"finished: {result.step} steps in {result.seconds / 60:.1f} min, final loss {result.final_loss:.4f}")
+    return "resumed" if found else "ran"
+
+
+def _check_finished_run(data: Optional[str], run_dir: Path, recipe: Recipe, step: int) -> None:
+    """A finished model is reused only for the same data and settings a resume would accept."""
+    from .resume import recorded_settings, resume_changes, saved_settings
+
+    prepare_split(data or recipe.dataset, run_dir, recipe.data, check=False)  # refuses other data
+    saved = yaml.safe_load((run_dir / "diffusion" / "config.yaml").read_text())
+    run = {key: saved.get(key) for key in ("split_hash", "from_pretrained")}
+    try:
+        resume_changes(saved_settings(saved), recorded_settings(recipe.train, recipe.data, run), step)
+    except CapaugError as e:
+        raise CapaugError(f"the finished model in {run_dir / 'diffusion'} does not fit the recipe: {e}") from None
+
+
+class _Record:
+    """`RUN/pipeline.json`: per stage, the request it was made from and a digest of the file it wrote, so a
+    rerun skips a stage only when both still hold (a stage rerun by its own command changes the digest)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / RECORD
+        self.stages = json.loads(self.path.read_text())["stages"] if self.path.is_file() else {}
+
+    def stage(self, name: str, request: dict, output: Path, work: Callable[[dict], str], say) -> str:
+        """Skip stage `name`, or run `work(the stage's previous entry or {})` and record it."""
+        request = json.loads(json.dumps(request, default=lambda v: v.model_dump(mode="json")))
+        entry = self.stages.pop(name, {})
+        if entry.get("request") == request and output.is_file() and entry.get("output") == _digest(output):
+            self.stages[name] = entry
+            say(name, f"skipped: {output} is up to date")
+            return "skipped"
+        self._write()  # a crash in `work` must not leave the old entry standing for a half-written output
+        status = work(entry)
+        self.stages[name] = {"request": request, "output": _digest(output)}
+        self._write()
+        return status
+
+    def _write(self) -> None:
+        write_json(self.path, {"format": RECORD_FORMAT, "stages": self.stages})
+
+
+def _digest(path: Path) -> Optional[str]:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None

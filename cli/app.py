@@ -29,7 +29,23 @@ app = typer.Typer(
 )
 
 # Command modules, each with `register(app)`.
-COMMANDS = ["recipes_cmd", "train_cmd", "inspect_cmd", "data_cmd", "synthesize_cmd", "downstream_cmd", "evaluate_cmd", "analyze_cmd", "quickstart_cmd"]
+COMMANDS = ["recipes_cmd", "train_cmd", "inspect_cmd", "data_cmd", "synthesize_cmd", "downstream_cmd", "evaluate_cmd", "analyze_cmd", "run_cmd", "quickstart_cmd"]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"capaug {version('capaug')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    pass  # no docstring: the app's help stays the one given to typer.Typer
 
 for _name in COMMANDS:
     importlib.import_module(f"{__package__}.{_name}").register(app)

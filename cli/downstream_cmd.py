@@ -13,7 +13,9 @@ from capaug.augment import tracking
 from capaug.augment.errors import CapaugError
 from capaug.classifier.arms import split_specs
 
-from .common import RecipeOption, SetOption, console, recipe_with
+from .common import (ArmsOption, MixedPrecisionOption, RecipeOption, SetOption, SeedsOption, TuneOption, console,
+                     recipe_with)
+from .progress import Progress
 
 TABLE_METRICS = {"balanced_accuracy": "bal. acc.", "recall_few": "Few recall"}
 
@@ -21,8 +23,8 @@ TABLE_METRICS = {"balanced_accuracy": "bal. acc.", "recall_few": "Few recall"}
 def downstream(
     run: Path = typer.Option(..., "--run", help="Run folder with split.json (and synthetic/ for the synthetic arm)."),
     recipe: str = RecipeOption,
-    arms: Optional[str] = typer.Option(None, "--arms", help="Comma list of arms: real, reweight, oversample, synthetic, a --compare name; synthetic settings as BASE+la+filter+crt[w=0.5,share=0.25], e.g. synthetic+la[w=0.5]."),
-    tune: Optional[bool] = typer.Option(None, "--tune/--no-tune", help="Add the arm `tuned`: the downstream.tune_grid setting with the best mean val score (test read only by it)."),
+    arms: Optional[str] = ArmsOption,
+    tune: Optional[bool] = TuneOption,
     tune_grid: Optional[str] = typer.Option(None, "--tune-grid", help="Comma list of synthetic arm specs for --tune (default: the recipe's)."),
     tune_seeds: Optional[int] = typer.Option(None, "--tune-seeds", help="Score the grid on val over this many seeds (default 2); the chosen setting then trains every seed."),
     tune_sets: Optional[str] = typer.Option(None, "--tune-sets", help="Also tune over synthesis settings (implies --tune): comma list of SOURCE[@STRENGTH[+STRENGTH...]], e.g. noise,minority@0.5,majority@0.3+0.6; each made once into RUN/synthetic-<name>/."),
@@ -32,11 +34,11 @@ def downstream(
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local checkpoint to start from (the offline path)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Classifier input size (default: the data's, at most 224)."),
     epochs: Optional[int] = typer.Option(None, help="Budget per model in epochs of the real training split (same optimizer steps for every arm)."),
-    seeds: Optional[int] = typer.Option(None, help="Seeds per arm (0..N-1); default 5 for inputs <= 64 px, else 3."),
+    seeds: Optional[int] = SeedsOption,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size."),
     lr: Optional[float] = typer.Option(None, help="AdamW learning rate (cosine schedule)."),
     reweight: Optional[str] = typer.Option(None, help="Loss of the reweight arm: class-balanced or logit-adjusted."),
-    mixed_precision: Optional[str] = typer.Option(None, "--mixed-precision", help="auto (bf16 on CUDA), no, bf16, fp16."),
+    mixed_precision: Optional[str] = MixedPrecisionOption,
     report_to: str = typer.Option("none", "--report-to", help="Experiment tracker for every model's metrics: none, tensorboard, mlflow or wandb (logs under RUN/tracking/)."),
     sets: Optional[list[str]] = SetOption,
 ) -> None:
@@ -52,27 +54,20 @@ def downstream(
         "downstream.tune_sets": [s.strip() for s in tune_sets.split(",") if s.strip()] if tune_sets is not None else None,
     }
     cfg = recipe_with(recipe, sets, **options)
-    from capaug.classifier.downstream import plan_specs, run_downstream
+    from capaug.classifier.downstream import planned_models, run_downstream
 
     chosen = split_specs(arms) if arms is not None else None
-    plan_specs(cfg.downstream, chosen, parse_compare(compare), cfg.downstream.tune)  # bad specs fail before any work
-    with console.status("training") as status, tracking.tracker(report_to, run, "downstream",
-                                                                cfg.downstream.model_dump()) as log:
+    planned = planned_models(cfg.downstream, chosen, parse_compare(compare), run_dir=run)  # bad specs fail here
+    with Progress() as progress, tracking.tracker(report_to, run, "downstream", cfg.downstream.model_dump()) as log:
+        progress.on_stage("downstream", f"{planned} models planned")
 
         def on_model(arm: str, seed: int, info: dict) -> None:
-            status.update(progress_line(arm, seed, info))
+            progress.on_model(arm, seed, info)
             log(tracking.scalars({k: v for k, v in info.items() if k not in ("done", "total")}, f"{arm}/"), seed)
 
         result = run_downstream(run, cfg.downstream, parse_compare(compare), chosen, data_cfg=cfg.data,
-                                on_model=on_model, synth_cfg=cfg.synthesize)
+                                on_model=on_model, synth_cfg=cfg.synthesize, on_synthesis=progress.on_synthesis)
     print_summary(result, run)
-
-
-def progress_line(arm: str, seed: int, info: dict) -> str:
-    """`trained i/n models; ARM seed S: ...` with the test score, or the val score of a tuning-grid model."""
-    score = (f"balanced accuracy {info['balanced_accuracy']:.3f}" if "balanced_accuracy" in info
-             else f"val balanced accuracy {info['val_balanced_accuracy']:.3f} (tuning)")
-    return f"trained {info['done']}/{info['total']} models; {escape(arm)} seed {seed}: {score}"
 
 
 def print_summary(result: dict, run: Path) -> None:

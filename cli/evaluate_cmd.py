@@ -10,6 +10,7 @@ from rich import box
 from rich.table import Table
 
 from .common import RecipeOption, SetOption, console, recipe_with
+from .progress import Progress
 
 
 def evaluate(
@@ -28,10 +29,10 @@ def evaluate(
     cfg = recipe_with(recipe, sets)
     from capaug.augment.evaluate import evaluate_run
 
-    with console.status("evaluating") as status:
+    with Progress() as progress:
         result = evaluate_run(run, synthetic_dir=synthetic, features=features, downstream=cfg.downstream,
                               audit_threshold=cfg.synthesize.audit_threshold, k=k, kid_subsets=kid_subsets,
-                              cas=cas, seed=seed, device=device, on_stage=lambda m: status.update(f"evaluating: {m}"))
+                              cas=cas, seed=seed, device=device, on_stage=progress.on_eval)
     console.print(summary_table(result))
     console.print(f"[green]wrote[/] {run / 'eval' / 'metrics.json'} and {run / 'eval' / 'fid_by_class.png'}")
 

@@ -7,20 +7,19 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from rich.text import Text
 
 from capaug.augment.errors import CapaugError
 
-from .common import RecipeOption, SetOption, console, recipe_with
+from .common import RecipeOption, SetOption, TargetOption, console, recipe_with
+from .progress import Progress
 
 
 def synthesize(
     run: Optional[Path] = typer.Option(None, "--run", help="Run folder: model RUN/diffusion/model, output RUN/synthetic, split RUN/split.json."),
     model: Optional[Path] = typer.Option(None, "--model", help="Folded model folder (default RUN/diffusion/model)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN/synthetic)."),
-    target: Optional[str] = typer.Option(None, help="balanced, balanced:N, ratio:R, or a .yaml/.json file class -> count."),
+    target: Optional[str] = TargetOption,
     sampler: Optional[str] = typer.Option(None, help="dpmsolver++ (default), ddim or ddpm."),
     steps: Optional[int] = typer.Option(None, help="Sampler steps."),
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance weight w (1 = none)."),
@@ -59,15 +58,15 @@ def synthesize(
     model = model or run / "diffusion" / "model"
     out = out or run / "synthetic"
     main = process_state().is_main_process
-    with run_lock(run, "synthesize") if run is not None and not dry_run else contextlib.nullcontext():
+    with (run_lock(run, "synthesize") if run is not None and not dry_run else contextlib.nullcontext(),
+          Progress(disable=dry_run or not main) as progress):
         if filter_classifier == "auto":
             from capaug.classifier.reference import reference_for_run
 
-            with console.status("training the reference classifier on the real training split"):
-                filter_classifier = reference_for_run(run, split, settings.downstream)
-        with ClassProgress(disable=dry_run or not main) as progress:
-            result = run_synthesis(model, out, cfg, split=split, classifier=filter_classifier, overwrite=overwrite,
-                                   keep_extra=keep_extra, dry_run=dry_run, on_progress=progress.update)
+            progress.message("reference classifier", "training on the real training split")
+            filter_classifier = reference_for_run(run, split, settings.downstream)
+        result = run_synthesis(model, out, cfg, split=split, classifier=filter_classifier, overwrite=overwrite,
+                               keep_extra=keep_extra, dry_run=dry_run, on_progress=progress.on_synthesis)
     if not main:
         return
     if dry_run:
@@ -86,34 +85,6 @@ def synthesize(
         console.print(table)
     total = sum(p.generate for p in result.plan)
     console.print(f"[green]synthesized[/] {result.made} new images ({total} in the plan); manifest {result.manifest}")
-
-
-class ImagesPerSecond(ProgressColumn):
-    def render(self, task) -> Text:
-        return Text(f"{task.speed:.1f} img/s" if task.speed else "- img/s")
-
-
-class ClassProgress:
-    """One rich progress bar per class, fed by synthesize's (class, done, total) callback."""
-
-    def __init__(self, disable: bool):
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), ImagesPerSecond(),
-            TimeRemainingColumn(), console=console, disable=disable,
-        )
-        self.tasks: dict[str, int] = {}
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def update(self, name: str, done: int, total: int) -> None:
-        if name not in self.tasks:
-            self.tasks[name] = self.progress.add_task(name, total=total)
-        self.progress.update(self.tasks[name], completed=done)
-
-    def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
 
 
 def register(app: typer.Typer) -> None:

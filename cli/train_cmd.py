@@ -9,11 +9,13 @@ import typer
 
 from capaug.recipes import parse_assignment
 
-from .common import RecipeOption, SetOption, console, err_console, recipe_with
+from .common import (DataArgument, MixedPrecisionOption, RecipeOption, SetOption, TrainStepsOption, console,
+                     err_console, recipe_with)
+from .progress import Progress
 
 
 def train(
-    data: Optional[str] = typer.Argument(None, help="Image folder, .npz, .csv or builtin:digits-lt (default: the recipe's dataset, or the run's split)."),
+    data: Optional[str] = DataArgument,
     run: Path = typer.Option(..., "--run", help="Run folder (created if needed)."),
     recipe: str = RecipeOption,
     method: Optional[str] = typer.Option(None, help="cm (Capacity Manipulation), plain (DDPM/CBDM/OC baseline) or lowrank (the low-rank terms without L_CM, an ablation)."),
@@ -26,7 +28,7 @@ def train(
     loss_weighting: Optional[str] = typer.Option(None, "--loss-weighting", help="none or min_snr (min-SNR-gamma weighting of L_base; --set train.snr_gamma=5)."),
     parameterization: Optional[str] = typer.Option(None, "--parameterization", help="eps (DDPM noise prediction) or edm (Karras et al. 2022 preconditioning, noise levels and loss; base loss ddpm, no min_snr)."),
     cm_fraction: Optional[float] = typer.Option(None, "--cm-fraction", help="Fraction of the batch that gets the off branch."),
-    steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
+    steps: Optional[int] = TrainStepsOption,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch per optimizer step."),
     grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Micro-batches per optimizer step."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Training resolution (pixels)."),
@@ -35,7 +37,7 @@ def train(
     ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="EMA decay (with warm-up)."),
     p_uncond: Optional[float] = typer.Option(None, "--p-uncond", help="Label-dropout rate for classifier-free guidance."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
-    mixed_precision: Optional[str] = typer.Option(None, "--mixed-precision", help="auto (bf16 on CUDA), no, bf16, fp16."),
+    mixed_precision: Optional[str] = MixedPrecisionOption,
     sample_every: Optional[int] = typer.Option(None, "--sample-every", help="Write samples/step-N.png every N steps."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N steps."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the training step."),
@@ -56,15 +58,16 @@ def train(
         "train.seed": seed, "train.mixed_precision": mixed_precision, "train.sample_every": sample_every,
         "train.checkpoint_every": checkpoint_every, "train.compile": compile,
     }
+    from capaug.augment.devices import process_state
     from capaug.augment.pipeline import resumed_recipe, run_training
     from capaug.augment.checkpoints import checkpoint_dirs
 
     overrides = dict(parse_assignment(s) for s in sets or []) | {k: v for k, v in options.items() if v is not None}
     cfg = (resume and resumed_recipe(run, overrides)) or recipe_with(recipe, sets, **options)
     try:
-        with training_progress() as callback:
-            result = run_training(data, run, cfg, resume=resume, from_pretrained=from_pretrained, callback=callback,
-                                  report_to=report_to)
+        with Progress(disable=not process_state().is_main_process) as progress:
+            result = run_training(data, run, cfg, resume=resume, from_pretrained=from_pretrained,
+                                  callback=progress.on_train, report_to=report_to)
     except KeyboardInterrupt:
         found = checkpoint_dirs(run)
         line = (f"the last checkpoint is {found[-1]}; continue with `capaug train --run {run} --resume`" if found
@@ -75,39 +78,6 @@ def train(
         f"[green]trained[/] {result.step} steps in {result.seconds / 60:.1f} min, final loss {result.final_loss:.4f}; "
         f"model {result.model_dir}, log {result.log_path}, samples {result.model_dir.parent / 'samples'}"
     )
-
-
-class training_progress:
-    """A rich progress bar fed by the training callback; silent on non-main processes."""
-
-    def __enter__(self):
-        from capaug.augment.devices import process_state
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.main = process_state().is_main_process
-        self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-            TextColumn("{task.fields[speed]} img/s"), TimeRemainingColumn(), console=console, disable=not self.main,
-        )
-        self.task = None  # the bar starts with the first step, so an early error stays one line
-        return self.update
-
-    def update(self, row: dict) -> None:
-        if "cm_classes" in row and self.main:  # sent once before step 1
-            from capaug.augment.cm_report import describe
-
-            console.print(describe(row["cm_classes"]), highlight=False, soft_wrap=True)
-        if self.task is None:
-            self.progress.start()
-            self.task = self.progress.add_task("train", total=row["total"], loss="-", speed="-")
-        fields = {"loss": f"{row['loss']:.4f}"}
-        if "images_per_s" in row:
-            fields["speed"] = f"{row['images_per_s']:.0f}"
-        self.progress.update(self.task, completed=row["step"], **fields)
-
-    def __exit__(self, *exc):
-        if self.task is not None:
-            self.progress.stop()
 
 
 def register(app: typer.Typer) -> None:
