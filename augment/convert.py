@@ -42,15 +42,19 @@ def npz_to_folder(npz_path: str | os.PathLike, out: str | os.PathLike, overwrite
 
 
 def make_long_tailed(
-    data: str | os.PathLike, ratio: float, out: str | os.PathLike, overwrite: bool = False
+    data: str | os.PathLike, ratio: float, out: str | os.PathLike, overwrite: bool = False, *,
+    max_per_class: int | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Copy the first `n_k` training files (sorted) of class k, n_max = the smallest training class; val/test as is.
+    """Copy the first `n_k = floor(n_max * ratio^(-k/(K-1)))` training files (sorted) of class k; val/test as is.
 
-    This is how CIFAR-10-LT is made: ratio 100 on the balanced CIFAR-10 tree keeps 5000 ... 50 training images.
-    Returns split -> class -> count of the output.
+    `n_max` is `max_per_class` (the head class's count; every class must hold its n_k) or, by default, the
+    smallest training class. This is how CIFAR-10-LT is made: ratio 100 on the balanced CIFAR-10 tree keeps
+    5000 ... 50 training images; `max_per_class=500` a small version, 500 ... 5. Returns split -> class -> count.
     """
     if not (math.isfinite(ratio) and ratio >= 1):
         raise CapaugError(f"--ratio must be a finite number of at least 1 (the largest over the smallest class), got {ratio}")
+    if max_per_class is not None and (isinstance(max_per_class, bool) or max_per_class < 1):
+        raise CapaugError(f"--max-per-class must be a whole number of at least 1, got {max_per_class}")
     check_output(out, [data])
     check_replaceable(out, overwrite)
     catalog = scan_source(data)
@@ -58,7 +62,17 @@ def make_long_tailed(
         raise CapaugError("make-lt needs an image folder tree; convert an npz first with `capaug data from-npz`")
     train = [(key, label) for key, label, split in catalog.items if split in (None, "train")]
     available = Counter(label for _, label in train)
-    keep = long_tail_counts(min(available.values()), ratio, len(catalog.classes))
+    n_max = min(available.values()) if max_per_class is None else max_per_class
+    keep = long_tail_counts(n_max, ratio, len(catalog.classes))
+    short = [k for k, n in enumerate(keep) if available[k] < n]
+    if short:  # refused rather than capped: a capped class would bend the profile without a word
+        k = short[0]
+        raise CapaugError(f"ratio {ratio:g} from a head class of {n_max} needs {keep[k]} training images of class "
+                          f"'{catalog.classes[k]}', which has {available[k]}"
+                          + ("; give a smaller --max-per-class" if max_per_class else ""))
+    if keep[-1] < 1:
+        raise CapaugError(f"ratio {ratio:g} from {n_max} images leaves class '{catalog.classes[-1]}' without training "
+                          f"images; the head class needs at least {math.ceil(ratio)} (--max-per-class)")
     taken: Counter = Counter()
     chosen = []
     for key, label in train:  # keys are sorted within each class

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.table import Table
@@ -30,12 +31,14 @@ def make_lt(
     data: Path = typer.Argument(..., help="Balanced image folder or pre-split tree."),
     ratio: float = typer.Option(..., "--ratio", help="Imbalance ratio: largest / smallest training class."),
     out: Path = typer.Option(..., "--out", help="New folder for the long-tailed tree."),
+    max_per_class: Optional[int] = typer.Option(
+        None, "--max-per-class", metavar="N", help="Training images of the head class, n_max (default: the smallest class's count)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an output folder capaug wrote earlier (never a foreign one)."),
 ) -> None:
     """Keep floor(n_max * ratio^(-k/(K-1))) training files of class k (first in sorted order); copy val/test as is."""
     from capaug.augment.convert import make_long_tailed
 
-    counts = make_long_tailed(data, ratio, out, overwrite)
+    counts = make_long_tailed(data, ratio, out, overwrite, max_per_class=max_per_class)
     console.print(counts_table(counts, f"wrote {out}"))
 
 

@@ -56,3 +56,13 @@ def test_data_from_npz_and_make_lt(make_npz, tmp_path):
     assert "inside the data folder" in one_line_error(
         capaug("data", "make-lt", tmp_path / "tree", "--ratio", 4, "--out", tmp_path / "tree" / "x")
     )
+
+
+def test_make_lt_max_per_class(tmp_path, make_tree):
+    data = make_tree(tmp_path / "bal", {"a": 8, "b": 8, "c": 8})
+    lt = capaug("data", "make-lt", data, "--ratio", 4, "--max-per-class", 6, "--out", tmp_path / "lt")
+    assert lt.returncode == 0, lt.stderr
+    assert [len(list((tmp_path / "lt" / k).iterdir())) for k in "abc"] == [6, 3, 1]
+    assert "class 'a', which has 8; give a smaller --max-per-class" in one_line_error(
+        capaug("data", "make-lt", data, "--ratio", 4, "--max-per-class", 9, "--out", tmp_path / "lt9"))
+    assert not (tmp_path / "lt9").exists()

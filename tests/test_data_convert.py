@@ -47,6 +47,34 @@ def test_make_long_tailed_keeps_the_first_files_and_copies_test(tmp_path, make_t
     assert not (tmp_path / "lt" / "val").exists()
 
 
+def test_small_cifar10_lt_profile():
+    """--max-per-class 500 at ratio 100: the head class keeps 500, the tail 5."""
+    counts = long_tail_counts(500, 100, 10)
+    assert counts == [500, 299, 179, 107, 64, 38, 23, 13, 8, 5]
+    assert sum(counts) == 1236
+
+
+def test_make_long_tailed_max_per_class_sets_the_head_count(tmp_path, make_tree):
+    make_tree(tmp_path / "bal" / "train", {"a": 8, "b": 8, "c": 8})
+    make_tree(tmp_path / "bal" / "test", {"a": 2, "b": 2, "c": 2})
+    counts = make_long_tailed(tmp_path / "bal", 4, tmp_path / "lt", max_per_class=6)
+    assert counts == {"train": {"a": 6, "b": 3, "c": 1}, "test": {"a": 2, "b": 2, "c": 2}}
+    assert sorted(p.name for p in (tmp_path / "lt" / "train" / "a").iterdir()) == [f"{i:03d}.png" for i in range(6)]
+
+
+@pytest.mark.parametrize("max_per_class, ratio, message", [
+    (9, 4, "ratio 4 from a head class of 9 needs 9 training images of class 'a', which has 8; give a smaller --max-per-class"),
+    (3, 4, "ratio 4 from 3 images leaves class 'c' without training images; the head class needs at least 4 (--max-per-class)"),
+    (0, 4, "--max-per-class must be a whole number of at least 1, got 0"),
+])
+def test_make_long_tailed_refuses_a_head_count_the_data_cannot_give(tmp_path, make_tree, max_per_class, ratio, message):
+    data = make_tree(tmp_path / "bal", {"a": 8, "b": 8, "c": 8})
+    with pytest.raises(CapaugError) as err:
+        make_long_tailed(data, ratio, tmp_path / "lt", max_per_class=max_per_class)
+    assert str(err.value) == message
+    assert not (tmp_path / "lt").exists()
+
+
 def test_make_long_tailed_refuses_output_inside_data(tmp_path, make_tree):
     data = make_tree(tmp_path / "bal", {"a": 4, "b": 4})
     with pytest.raises(CapaugError, match=r"output .*bal/lt is inside the data folder .*bal; choose a path outside it"):
