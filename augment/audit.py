@@ -2,12 +2,14 @@
 
 Distances are RMS pixel distances in [0, 1] units at the model's resolution (0 = an exact copy, ~0.4 = an
 unrelated image), so one threshold means the same thing for every dataset size and image size. With a
-classifier, the nearest neighbour in its feature space (cosine distance) is reported as well.
+classifier, the nearest neighbour in its feature space (cosine distance) is reported as well. A real-anchored
+image (`anchors.py`) also gets its distance to the training image it started from.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -38,6 +40,12 @@ def pixel_distances(images: np.ndarray, train_images: np.ndarray) -> tuple[np.nd
     return distance / np.sqrt(images[0].size if len(images) else 1), index
 
 
+def pair_distances(images: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, C) vs uint8 (N, H, W, C) -> RMS distance of each pair in [0, 1] units."""
+    diff = images.reshape(len(images), -1) / 255.0 - others.reshape(len(others), -1) / 255.0
+    return np.sqrt((diff**2).mean(axis=1)) if len(images) else np.zeros(0)
+
+
 def feature_distances(features: np.ndarray, train_features: np.ndarray) -> np.ndarray:
     """Cosine distance (0 = same direction, 2 = opposite) to the nearest training feature vector."""
 
@@ -58,6 +66,8 @@ class AuditSummary:
     mean_distance: float
     threshold: float
     near_copies: int
+    min_source_distance: Optional[float] = None  # real-anchored images: distance to the image each started from
+    median_source_distance: Optional[float] = None
 
     @property
     def near_copy_rate(self) -> float:
@@ -67,8 +77,14 @@ class AuditSummary:
         return {**asdict(self), "near_copy_rate": self.near_copy_rate}
 
 
-def summarize(name: str, distances: np.ndarray, threshold: float) -> AuditSummary:
+def summarize(name: str, distances: np.ndarray, threshold: float,
+              source_distances: Optional[np.ndarray] = None) -> AuditSummary:
     """Per-class summary; an image below `threshold` counts as a near-copy."""
     d = np.asarray(distances, dtype=float)
     stat = (lambda f: float(f(d))) if len(d) else (lambda f: float("nan"))
-    return AuditSummary(name, len(d), stat(np.min), stat(np.median), stat(np.mean), threshold, int((d < threshold).sum()))
+    source = {}
+    if source_distances is not None and len(source_distances):
+        source = {"min_source_distance": float(np.min(source_distances)),
+                  "median_source_distance": float(np.median(source_distances))}
+    return AuditSummary(name, len(d), stat(np.min), stat(np.median), stat(np.mean), threshold, int((d < threshold).sum()),
+                        **source)

@@ -209,6 +209,34 @@ class SynthesisConfig(Strict):
     near_copy_threshold: Optional[float] = Field(None, gt=0, description="drop images closer than this to a training image")
     audit_threshold: float = Field(0.02, gt=0, description="RMS pixel distance below which the audit counts a near-copy")
     filter_confidence: float = Field(0.9, gt=0, le=1)
+    source: Literal["noise", "minority", "majority"] = Field(
+        "noise", description="start from pure noise, or from a training image of the class / of a larger class (SDEdit)")
+    strength: list[float] = Field([0.5], description="minority/majority: noise level(s) in (0, 1], image i uses "
+                                  "strength[i % len]; 1 = from noise. Text '0.3,0.5' is read as a list")
+
+    @field_validator("strength", mode="before")
+    @classmethod
+    def _strength_list(cls, value: Any) -> Any:
+        """'0.3,0.5,0.7' (the CLI, --set) or one number -> a list of numbers."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return [value]
+        if not isinstance(value, str):
+            return value
+        parts = [part.strip() for part in value.split(",")] if value.strip() else []
+        try:
+            return [float(part) for part in parts]
+        except ValueError:
+            raise ValueError(f"strength must be numbers in (0, 1] separated by commas, got {value!r}") from None
+
+    @field_validator("strength")
+    @classmethod
+    def _strength_range(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("give at least one strength in (0, 1]")
+        bad = [v for v in value if not 0 < v <= 1]  # also nan
+        if bad:
+            raise ValueError(f"each strength lies in (0, 1], got {bad[0]:g}")
+        return value
 
 
 class DownstreamConfig(Strict):

@@ -12,6 +12,11 @@ settings is refused unless `overwrite` starts again; a higher target continues, 
 The output folder is an output like any other (`io.claim_output_dir`): it never touches the model folder or the
 training data (the split's, or the one recorded in the model's `RUN/split.json`), carries capaug's marker, and
 `overwrite` removes only what synthesis wrote there. A writing run holds the run folder's lock (`runlock`).
+
+`cfg.source` minority/majority starts each image from a real training image (`anchors.Anchors`, SDEdit in
+`sampling.generate`) at strength `cfg.strength[i % len]`; the manifest names the source image, the audit adds the
+distance to it, and a classifier (the filter's, or `label_classifier`) reports per class how many images it
+assigns to the class they were made for (`label_fidelity` in plan.json).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import numpy as np
 from PIL import Image
 
 from . import io as atomic
-from .audit import AuditSummary, feature_distances, pixel_distances, summarize
+from .anchors import Anchors
+from .audit import AuditSummary, feature_distances, pair_distances, pixel_distances, summarize
 from .config import SynthesisConfig
 from .devices import process_state
 from .errors import CapaugError
@@ -39,12 +45,14 @@ from .runlock import run_folder_of, run_lock
 from .targets import ClassPlan, plan_targets
 
 FORMAT = "capaug-synthetic/1"
-MANIFEST_COLUMNS = ["file", "class", "seed", "sampler", "steps", "guidance", "model_hash", "split_hash"]
-AUDIT_COLUMNS = ["file", "class", "status", "distance", "nearest_train", "feature_distance"]
+MANIFEST_COLUMNS = ["file", "class", "seed", "sampler", "steps", "guidance", "model_hash", "split_hash",
+                    "source", "strength", "source_key"]
+AUDIT_COLUMNS = ["file", "class", "status", "distance", "nearest_train", "feature_distance", "source_distance"]
 REJECTED = ".rejected"
 NEAR_COPY, MISCLASSIFIED = "near-copy", "misclassified"
 OUTPUT_FILES = ["plan.json", "manifest.csv", "audit.csv", "preview.png", REJECTED]
 RESUMABLE = ("target",)  # settings a rerun may change: image i of a class is the same image whatever the target
+LEGACY_SETTINGS = {"source": "noise"}  # what a plan.json from before a setting existed was made with
 PREVIEW_PER_CLASS = 8
 MAX_REJECTED_PER_WANTED = 4  # give up on a class when filters reject this many images per image still wanted
 
@@ -59,6 +67,7 @@ class SynthesisResult:
     dropped: dict[str, int] = field(default_factory=dict)  # class -> images rejected by filters, over all runs
     audit: list[AuditSummary] = field(default_factory=list)
     manifest: Optional[Path] = None
+    label_fidelity: Optional[dict] = None  # plan.json's label_fidelity (None without a classifier)
 
 
 def image_seed(base_seed: int, class_name: str, index: int) -> int:
@@ -89,6 +98,7 @@ def synthesize(
     *,
     split=None,
     classifier=None,
+    label_classifier=None,
     overwrite: bool = False,
     keep_extra: bool = False,
     dry_run: bool = False,
@@ -100,7 +110,9 @@ def synthesize(
     `split` (a `split.Split`, the one the model was trained on) enables the memorization audit, near-copy
     dropping, real rows in the preview and `cfg.resize`. `classifier` (a path for
     `classifier.checkpoint.load_classifier`, or a loaded bundle) enables the confidence filter and a
-    feature-space audit column. `keep_extra` accepts a lowered target, keeping the images beyond it.
+    feature-space audit column. `label_classifier` (the same kinds) only reports label fidelity; `classifier`
+    reports it too. `cfg.source` minority/majority needs `split`. `keep_extra` accepts a lowered target, keeping
+    the images beyond it.
     """
     info, plan = plan_for(model_dir, cfg.target)
     out_dir = Path(out_dir)
@@ -109,6 +121,10 @@ def synthesize(
     known = split if split is not None else _recorded_split(model_dir, info)
     inputs = [model_dir, known.source.get("path") if known is not None else None]
     atomic.check_output(out_dir, inputs)
+    if cfg.source != "noise":
+        if split is None:
+            raise CapaugError(f"--source {cfg.source} starts from training images: pass --run")
+        Anchors(split, cfg.source).check([p.label for p in plan if p.generate])
     if dry_run:
         return SynthesisResult(out_dir, plan)
     if split is None and (cfg.near_copy_threshold is not None or cfg.resize):
@@ -119,18 +135,19 @@ def synthesize(
     state.wait_for_everyone()
     atomic.check_replaceable(out_dir, overwrite=overwrite, resume=not overwrite)  # every process refuses alike
     with run_lock(run_folder_of(out_dir), "synthesize"):
-        return _synthesize(model_dir, out_dir, cfg, info, plan, inputs, split, classifier, overwrite, keep_extra,
-                           device, on_progress)
+        return _synthesize(model_dir, out_dir, cfg, info, plan, inputs, split, classifier, label_classifier,
+                           overwrite, keep_extra, device, on_progress)
 
 
-def _synthesize(model_dir, out_dir, cfg, info, plan, inputs, split, classifier, overwrite, keep_extra, device,
-                on_progress) -> SynthesisResult:
+def _synthesize(model_dir, out_dir, cfg, info, plan, inputs, split, classifier, label_classifier, overwrite,
+                keep_extra, device, on_progress) -> SynthesisResult:
     """The writing part of `synthesize`, under the run lock."""
     state = process_state()
     bundle, classifier_id = _classifier(classifier, info.classes, state.device)
+    judge = (bundle, classifier_id) if bundle is not None else _classifier(label_classifier, info.classes, state.device)
     data_size = _data_size(split) if cfg.resize else None
     settings = _settings(cfg, info, data_size, classifier_id)
-    run = _Run(out_dir, info, cfg, split, bundle, data_size, state.process_index, state.num_processes)
+    run = _Run(out_dir, info, cfg, split, bundle, data_size, state.process_index, state.num_processes, judge)
     extra = {} if overwrite else _check_resumable(out_dir, settings, run, plan, keep_extra)
     state.wait_for_everyone()
     if state.is_main_process:
@@ -160,11 +177,14 @@ def _synthesize(model_dir, out_dir, cfg, info, plan, inputs, split, classifier, 
 class _Run:
     """Paths, filters and the generate/finish steps of one synthesis run."""
 
-    def __init__(self, out_dir, info, cfg, split, bundle, data_size, rank, world):
+    def __init__(self, out_dir, info, cfg, split, bundle, data_size, rank, world, judge=(None, None)):
         self.out_dir, self.info, self.cfg, self.split, self.bundle = out_dir, info, cfg, split, bundle
         self.data_size, self.rank, self.world = data_size, rank, world
+        self.judge, self.judge_id = judge  # the classifier that reports label fidelity, and its id
+        self.anchors = Anchors(split, cfg.source) if cfg.source != "noise" else None
         self.folders = dict(zip(info.classes, folder_names(info.classes)))
         self._train_cache: tuple[str, np.ndarray, list[str]] | None = None
+        self._reader = None
 
     def path(self, class_name: str, index: int, reason: str | None = None) -> Path:
         folder = self.folders[class_name]
@@ -210,10 +230,13 @@ class _Run:
         from .sampling import generate
 
         cfg = self.cfg
+        anchored = {}
+        if self.anchors is not None:
+            anchored = {"init_images": self.source_images(p, indices), "strength": [self.strength(i) for i in indices]}
         images = generate(
             unet, scheduler, [p.label] * len(indices), [image_seed(cfg.seed, p.name, i) for i in indices],
             sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance, null_class=self.info.null_class,
-            batch_size=cfg.batch_size,
+            batch_size=cfg.batch_size, **anchored,
         )
         if self.data_size is None:
             return images
@@ -235,6 +258,21 @@ class _Run:
                 if reasons[i] is None and d < self.cfg.near_copy_threshold:
                     reasons[i] = NEAR_COPY
         return reasons
+
+    # ------------------------------------------------------------------ real-anchored sources
+
+    def strength(self, index: int) -> float:
+        """Image i's strength: the list mixed evenly by index."""
+        return self.cfg.strength[index % len(self.cfg.strength)]
+
+    def source_key(self, p: ClassPlan, index: int) -> str:
+        return self.anchors.key(p.label, image_seed(self.cfg.seed, p.name, index))
+
+    def source_images(self, p: ClassPlan, indices: list[int]) -> np.ndarray:
+        """The source images of images `indices` of class `p`, as the diffusion model was trained on them."""
+        if self._reader is None:  # one reader: an npz source loads its arrays once
+            self._reader = self.split.reader()
+        return np.concatenate([self.model_view(self._reader.read(self.source_key(p, i))[None]) for i in indices])
 
     # ------------------------------------------------------------------ audit views
 
@@ -269,46 +307,65 @@ class _Run:
         result.dropped = {name: sum(map(len, by_reason.values())) for name, by_reason in rejected.items()}
         result.manifest = self.out_dir / "manifest.csv"
         atomic.write_text(result.manifest, _csv(MANIFEST_COLUMNS, self._manifest_rows(plan, kept)))
-        if self.split is not None:
-            audit_rows = []
-            for p in (p for p in plan if kept[p.name]):
-                rows, summary = self._audit_class(p, kept[p.name], rejected[p.name])
+        audit_rows, fidelity = [], {}
+        for p in (p for p in plan if kept[p.name] and (self.split is not None or self.judge is not None)):
+            # every image the model made for the class, kept or dropped: the honest rates
+            made = [(i, None) for i in kept[p.name]] + [(i, r) for r, ids in rejected[p.name].items() for i in ids]
+            saved = np.stack([_read_png(self.path(p.name, i, r)) for i, r in made])
+            if self.split is not None:
+                rows, summary = self._audit_class(p, made, self.model_view(saved))
                 audit_rows += rows
                 result.audit.append(summary)
+            if self.judge is not None:
+                fidelity[p.name] = self._label_fidelity(p, saved)
+        if self.split is not None:
             atomic.write_text(self.out_dir / "audit.csv", _csv(AUDIT_COLUMNS, audit_rows))
+        if self.judge is not None:
+            result.label_fidelity = {"classifier": self.judge_id, "classes": fidelity}
         self._preview(plan, kept)
         atomic.write_json(
             self.out_dir / "plan.json",
             _plan_json(settings, plan, "complete", dropped=result.dropped, kept_beyond_target=extra or None,
-                       audit=[s.to_dict() for s in result.audit] or None),
+                       audit=[s.to_dict() for s in result.audit] or None, label_fidelity=result.label_fidelity),
         )
 
     def _manifest_rows(self, plan, kept) -> list[dict]:
         cfg, info = self.cfg, self.info
+        anchored = self.anchors is not None
         return [
             {"file": self.path(p.name, i).relative_to(self.out_dir).as_posix(), "class": p.name,
              "seed": image_seed(cfg.seed, p.name, i), "sampler": cfg.sampler, "steps": cfg.steps,
-             "guidance": cfg.guidance, "model_hash": info.model_hash, "split_hash": info.split_hash}
+             "guidance": cfg.guidance, "model_hash": info.model_hash, "split_hash": info.split_hash,
+             "source": cfg.source, "strength": self.strength(i) if anchored else "",
+             "source_key": self.source_key(p, i) if anchored else ""}
             for p in plan for i in kept[p.name]
         ]
 
-    def _audit_class(self, p: ClassPlan, kept: list[int], rejected: dict[str, list[int]]):
-        """Audit every image the model made for the class, kept or dropped: the honest memorization rate."""
-        made = [(i, None) for i in kept] + [(i, r) for r, ids in rejected.items() for i in ids]
+    def _audit_class(self, p: ClassPlan, made: list[tuple[int, str | None]], images: np.ndarray):
+        """Audit the class's made images (model view): nearest training image, and the source image's distance."""
         threshold = self.cfg.near_copy_threshold if self.cfg.near_copy_threshold is not None else self.cfg.audit_threshold
         paths = [self.path(p.name, i, r) for i, r in made]
-        images = self.model_view(np.stack([_read_png(path) for path in paths]))
         train, keys = self.train_images(p)
         distance, nearest = pixel_distances(images, train)
         features = [""] * len(made)
         if self.bundle is not None:  # both sides at model resolution, like the pixel distances
             features = [f"{d:.6f}" for d in feature_distances(self.bundle.features(images), self.bundle.features(train))]
+        source = None
+        if self.anchors is not None:
+            source = pair_distances(images, self.source_images(p, [i for i, _ in made]))
         rows = [
             {"file": path.relative_to(self.out_dir).as_posix(), "class": p.name, "status": reason or "kept",
-             "distance": f"{d:.6f}", "nearest_train": keys[j], "feature_distance": f}
-            for path, (_, reason), d, j, f in zip(paths, made, distance, nearest, features)
+             "distance": f"{d:.6f}", "nearest_train": keys[j], "feature_distance": f,
+             "source_distance": f"{source[n]:.6f}" if source is not None else ""}
+            for n, (path, (_, reason), d, j, f) in enumerate(zip(paths, made, distance, nearest, features))
         ]
-        return rows, summarize(p.name, distance, threshold)
+        return rows, summarize(p.name, distance, threshold, source)
+
+    def _label_fidelity(self, p: ClassPlan, images: np.ndarray) -> dict:
+        """How many of the class's made images (as saved) the classifier assigns to the class."""
+        predicted = np.asarray(self.judge.predict_proba(images)).argmax(axis=1)
+        hits = int((predicted == self.judge.classes.index(p.name)).sum())
+        return {"images": len(images), "as_class": hits, "rate": hits / len(images)}
 
     def _preview(self, plan, kept) -> None:
         """Two rows per class: real training images (when the split is known), then synthetic ones."""
@@ -366,6 +423,7 @@ def _settings(cfg: SynthesisConfig, info: ModelInfo, data_size, classifier_id) -
         "sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed,
         "resize": data_size, "near_copy_threshold": cfg.near_copy_threshold,
         "classifier": classifier_id, "filter_confidence": cfg.filter_confidence if classifier_id else None,
+        "source": cfg.source, "strength": list(cfg.strength) if cfg.source != "noise" else None,
     }
 
 
@@ -410,7 +468,7 @@ def _check_resumable(out_dir: Path, settings: dict, run: _Run, plan: list[ClassP
     path = out_dir / "plan.json"
     if path.is_file():
         try:
-            before = json.loads(path.read_text())["settings"]
+            before = {**LEGACY_SETTINGS, **json.loads(path.read_text())["settings"]}
         except (ValueError, KeyError, TypeError):
             raise CapaugError(f"{path} is unreadable; pass --overwrite to start again") from None
         changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in settings.items()

@@ -30,11 +30,19 @@ def train_reference(split: Split, cfg: DownstreamConfig, out_path: str | Path, s
     return ClassifierBundle(trained.model, info, experiment.accelerator.device)
 
 
-def reference_for_run(run_dir: str | Path, split: Split, cfg: DownstreamConfig, seed: int = 0, device=None):
-    """`RUN/eval/reference_classifier.safetensors` when it was trained on this split, else train and save it."""
+def cached_reference(run_dir: str | Path, split: Split, device=None) -> ClassifierBundle | None:
+    """`RUN/eval/reference_classifier.safetensors` when it was trained on this split, else None."""
     path = Path(run_dir) / "eval" / REFERENCE
     if path.is_file():
         bundle = load_classifier(path, device or "cpu")
         if bundle.info.extra.get("split_hash") == split.hash:
             return bundle
-    return train_reference(split, cfg, path, seed=seed)
+    return None
+
+
+def reference_for_run(run_dir: str | Path, split: Split, cfg: DownstreamConfig, seed: int = 0, device=None):
+    """`cached_reference`, else train and save it."""
+    bundle = cached_reference(run_dir, split, device)
+    if bundle is None:
+        bundle = train_reference(split, cfg, Path(run_dir) / "eval" / REFERENCE, seed=seed)
+    return bundle

@@ -29,6 +29,9 @@ def synthesize(
     drop_near_copies: Optional[float] = typer.Option(None, "--drop-near-copies", help="Drop and replace images within this RMS pixel distance of a training image."),
     filter_classifier: Optional[str] = typer.Option(None, "--filter-classifier", help="Classifier trained on the real training split, for the confidence filter: a file, or 'auto' (with --run: train or reuse RUN/eval/reference_classifier.safetensors)."),
     filter_confidence: Optional[float] = typer.Option(None, "--filter-confidence", help="Drop images the classifier gives to another class above this confidence."),
+    source: Optional[str] = typer.Option(None, "--source", help="Start from noise (default), or from a training image of the class (minority) or of a larger class (majority), denoised with the class's label."),
+    strength: Optional[str] = typer.Option(None, "--strength", help="minority/majority: noise level(s) in (0, 1], e.g. 0.3,0.5,0.7 (image i uses the i-th, cycling); 1 = from noise."),
+    label_fidelity: Optional[bool] = typer.Option(None, "--label-fidelity/--no-label-fidelity", help="Report how many images the reference classifier gives to their class (with --run; default: when RUN/eval has it, trained for --source majority)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the images capaug wrote in the output and start again."),
     keep_extra: bool = typer.Option(False, "--keep-extra", help="After lowering the target, keep the images beyond it (the manifest lists them)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit."),
@@ -42,7 +45,7 @@ def synthesize(
         "synthesize.target": target, "synthesize.sampler": sampler, "synthesize.steps": steps,
         "synthesize.guidance": guidance, "synthesize.batch_size": batch_size, "synthesize.seed": seed,
         "synthesize.resize": resize, "synthesize.near_copy_threshold": drop_near_copies,
-        "synthesize.filter_confidence": filter_confidence,
+        "synthesize.filter_confidence": filter_confidence, "synthesize.source": source, "synthesize.strength": strength,
     }
     settings = recipe_with(recipe, sets, **options)
     cfg = settings.synthesize
@@ -55,6 +58,8 @@ def synthesize(
     split = load_split(check_output(run)) if run is not None else None
     if filter_classifier == "auto" and split is None:
         raise CapaugError("--filter-classifier auto needs --run (the classifier trains on the run's split)")
+    if label_fidelity and split is None:
+        raise CapaugError("--label-fidelity needs --run (the reference classifier trains on the run's split)")
     model = model or run / "diffusion" / "model"
     out = out or run / "synthetic"
     main = process_state().is_main_process
@@ -65,8 +70,13 @@ def synthesize(
 
             progress.message("reference classifier", "training on the real training split")
             filter_classifier = reference_for_run(run, split, settings.downstream)
-        result = run_synthesis(model, out, cfg, split=split, classifier=filter_classifier, overwrite=overwrite,
-                               keep_extra=keep_extra, dry_run=dry_run, on_progress=progress.on_synthesis)
+        label_classifier = None
+        if filter_classifier is None and split is not None and not dry_run and label_fidelity is not False:
+            label_classifier = _label_classifier(run, split, settings.downstream, label_fidelity or cfg.source == "majority",
+                                                 progress)
+        result = run_synthesis(model, out, cfg, split=split, classifier=filter_classifier,
+                               label_classifier=label_classifier, overwrite=overwrite, keep_extra=keep_extra,
+                               dry_run=dry_run, on_progress=progress.on_synthesis)
     if not main:
         return
     if dry_run:
@@ -77,14 +87,35 @@ def synthesize(
         console.print(f"{sum(p.generate for p in result.plan)} images to generate into {out}")
         return
     if result.audit:
+        anchored = result.audit[0].median_source_distance is not None
         table = Table("class", "images", "min dist", "median dist", "near-copies", "rate", "dropped",
+                      *(["median dist to source"] if anchored else []),
                       title=f"memorization audit (RMS pixel distance; near-copy < {result.audit[0].threshold:g})")
         for s in result.audit:
             table.add_row(s.name, str(s.images), f"{s.min_distance:.4f}", f"{s.median_distance:.4f}", str(s.near_copies),
-                          f"{100 * s.near_copy_rate:.1f}%", str(result.dropped.get(s.name, 0)))
+                          f"{100 * s.near_copy_rate:.1f}%", str(result.dropped.get(s.name, 0)),
+                          *([f"{s.median_source_distance:.4f}"] if anchored else []))
+        console.print(table)
+    if result.label_fidelity:
+        table = Table("class", "images", "given to the class", "rate",
+                      title="label fidelity (reference classifier, every image made)")
+        for name, f in result.label_fidelity["classes"].items():
+            table.add_row(name, str(f["images"]), str(f["as_class"]), f"{100 * f['rate']:.1f}%")
         console.print(table)
     total = sum(p.generate for p in result.plan)
     console.print(f"[green]synthesized[/] {result.made} new images ({total} in the plan); manifest {result.manifest}")
+
+
+def _label_classifier(run: Path, split, downstream_cfg, train: bool, progress) -> Optional[Path]:
+    """The reference classifier file for label fidelity: trained (or reused) when `train`, else only a cached one."""
+    from capaug.classifier.reference import REFERENCE, cached_reference, reference_for_run
+
+    if train:
+        progress.message("reference classifier", "label fidelity: training on the real training split (or reusing it)")
+        reference_for_run(run, split, downstream_cfg)
+    elif cached_reference(run, split) is None:
+        return None
+    return run / "eval" / REFERENCE
 
 
 def register(app: typer.Typer) -> None:
