@@ -293,16 +293,19 @@ def verdict(arms: dict, summaries: dict[str, dict], best_classic: Optional[str],
     base = {"metric": METRIC, "winner": ranking[0], "ranking": ranking, "candidate": candidate,
             "baseline": best_classic, "picked_on_test": candidate is not None and not tuned and len(synthetic) > 1}
     score = summaries[ranking[0]][METRIC]
+
+    def label(name: str) -> str:  # `tuned` with the setting (and synthetic set) it stands for
+        return f"{name} ({arms[name]['spec']})" if name == TUNED else name
+
     if candidate is None or best_classic is None or arms[candidate]["vs_best_classic"] is None:
         return {**base, "status": None, "interval95": None, "bootstrap95": None, "mean": None,
-                "text": f"{ranking[0]} ranked first on balanced accuracy: {score['mean']:.3f} ± {score['std']:.3f} "
-                        f"over {score['n']} seed(s) (no synthetic arm and classic arm to compare)"}
+                "text": f"{label(ranking[0])} ranked first on balanced accuracy: {score['mean']:.3f} ± "
+                        f"{score['std']:.3f} over {score['n']} seed(s) (no synthetic arm and classic arm to compare)"}
     diff = arms[candidate]["vs_best_classic"][METRIC]
     interval, boot = diff["interval95"], diff["bootstrap95"]
     status = ("no interval (one seed)" if interval is None else "clear win" if interval[0] > 0
               else "clear loss" if interval[1] < 0 else "no clear difference")
-    label = f"{candidate} ({arms[candidate]['spec']})" if candidate == TUNED else candidate
-    text = (f"{label} vs {best_classic}: balanced accuracy {diff['mean']:+.3f}"
+    text = (f"{label(candidate)} vs {best_classic}: balanced accuracy {diff['mean']:+.3f}"
             + (f", 95% t-interval over {diff['n']} seeds [{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else "")
             + (f", test-image bootstrap [{boot[0]:+.3f}, {boot[1]:+.3f}]" if boot else "")
             + f": {status}" + ("; picked on test among several synthetic arms, use --tune for a val choice"

@@ -109,13 +109,7 @@ def report_markdown(result: dict, has_grid: bool) -> str:
                          f"{plus_minus(diff['recall_few'], True)} | {bacc['wins']}/{bacc['n']} |")
     tuning = result["tuning"]
     if tuning:
-        lines += ["", "## Tuning (val split only)", "",
-                  f"Chosen: `{tuning['chosen']}` ({tuning['selector']}). Only the chosen setting's models read "
-                  "the test split (as the arm `tuned`).", "", "| setting | val balanced acc. | chosen |",
-                  "|---|---:|:-:|"]
-        for row in tuning["grid"]:
-            lines.append(f"| `{row['spec']}` | {plus_minus(row['val_balanced_accuracy'])} | "
-                         f"{'✓' if row['chosen'] else ''} |")
+        lines += tuning_lines(tuning)
     filtered = [(n, a["settings"]["filter"]) for n, a in arms.items() if a["settings"] and a["settings"]["filter"]]
     if filtered:
         lines += ["", "## Filter (reference classifier band, near-copies)", "",
@@ -136,6 +130,23 @@ def report_markdown(result: dict, has_grid: bool) -> str:
     if has_grid:
         lines += ["", f"![real vs synthetic]({FILES['grid']})"]
     return "\n".join(lines) + "\n"
+
+
+def tuning_lines(tuning: dict) -> list[str]:
+    """The report's tuning section: the choice, the seeds it was scored on, the synthesis settings, the grid."""
+    seeds = tuning["tune_seeds"]
+    lines = ["", "## Tuning (val split only)", "",
+             f"Chosen: `{tuning['chosen']}` ({tuning['selector']}). The grid was scored on {seeds} of "
+             f"{tuning['seeds']} seed(s); the chosen setting then trained every seed, and only its models read "
+             "the test split (as the arm `tuned`)."]
+    if tuning["sets"]:
+        lines += ["", "Synthesis settings, each a set made from the run's model: "
+                  + ", ".join(f"`{s['name']}` ({s['folder']})" for s in tuning["sets"]) + "."]
+    lines += ["", "| setting | val balanced acc. | chosen |", "|---|---:|:-:|"]
+    for row in tuning["grid"]:
+        lines.append(f"| `{row['spec']}` | {plus_minus(row['val_balanced_accuracy'])} | "
+                     f"{'✓' if row['chosen'] else ''} |")
+    return lines
 
 
 def _recall(value) -> str:

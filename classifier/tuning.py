@@ -32,7 +32,7 @@ from .arms import ArmSpec
 from .metrics import spread
 
 SET_SYNTAX = "SOURCE[@STRENGTH[+STRENGTH...]], e.g. noise, minority@0.5, majority@0.3+0.6"
-SELECTOR = "highest mean over seeds 0..{last} of each model's best val balanced accuracy; ties: grid order"
+SELECTOR = "highest mean over {seeds} of each model's best val balanced accuracy; ties: grid order"
 
 
 def tune_seed_count(cfg: DownstreamConfig, seeds: int) -> int:
@@ -53,7 +53,8 @@ def planned_count(reported: list[str], grid: list[str], seeds: int, tune_seeds: 
 
 @dataclass(frozen=True)
 class TuneSet:
-    """One synthesis setting of `tune_sets`: a source and its strengths (empty: the config's own)."""
+    """One synthesis setting of `tune_sets`: a source and its strengths (empty: the recipe's
+    `synthesize.strength`; images mix several strengths by index, `SynthesisConfig.strength`)."""
 
     source: str
     strength: tuple[float, ...] = ()
@@ -92,27 +93,23 @@ def parse_tune_sets(entries: list[str]) -> list[TuneSet]:
             values = tuple(float(s) for s in strengths.split("+")) if at else ()
         except ValueError:
             raise CapaugError(f"tune set {entry!r}: strengths must be numbers joined by + ({SET_SYNTAX})") from None
-        if at and not all(0 < v <= 1 for v in values):
-            raise CapaugError(f"tune set {entry!r}: a strength lies in (0, 1]")
+        if at and source == "noise":
+            raise CapaugError(f"tune set {entry!r}: noise starts from pure noise and takes no strength")
+        if not all(0 < v <= 1 for v in values):
+            raise CapaugError(f"tune set {entry!r}: each strength lies in (0, 1]")
         tune_set = TuneSet(source, values)
-        tune_set.config(SynthesisConfig())  # the synthesis settings accept it (e.g. noise takes no strength)
         sets.setdefault(tune_set.name, tune_set)
     return list(sets.values())
 
 
 def grid_members(grid: list[ArmSpec], sets: list[TuneSet]) -> dict[str, ArmSpec]:
-    """Grid name -> spec. With `sets`, each setting on `synthetic` becomes one per set, named `SET:SETTING`,
-    its base the set's name (the key of its synthetic folder)."""
+    """Grid name -> spec. With `sets`, each setting on `synthetic` becomes one per set (set by set), named
+    `SET:SETTING`, its base the set's name (the key of its synthetic folder); settings on other sets follow."""
     if not sets:
         return {spec.name: spec for spec in grid}
-    members = {}
-    for spec in grid:
-        if spec.base != "synthetic":
-            members[spec.name] = spec
-            continue
-        for tune_set in sets:
-            members[f"{tune_set.name}:{spec.name}"] = replace(spec, base=tune_set.name)
-    return members
+    members = {f"{tune_set.name}:{spec.name}": replace(spec, base=tune_set.name)
+               for tune_set in sets for spec in grid if spec.base == "synthetic"}
+    return {**members, **{spec.name: spec for spec in grid if spec.base != "synthetic"}}
 
 
 def make_sets(run_dir: Path, sets: list[TuneSet], synth_cfg: SynthesisConfig, split,
@@ -159,8 +156,9 @@ def tuning_record(scores: dict[str, list[float]], chosen: str, grid: dict[str, A
 
     rows = [row(name, values) for name, values in scores.items()]
     chosen_row = next(r for r in rows if r["chosen"])
+    scored = "seed 0" if tune_seeds == 1 else f"seeds 0..{tune_seeds - 1}"
     return {"metric": "val_balanced_accuracy", "chosen": chosen, "chosen_set": chosen_row["set"],
-            "chosen_setting": chosen_row["setting"], "selector": SELECTOR.format(last=tune_seeds - 1),
+            "chosen_setting": chosen_row["setting"], "selector": SELECTOR.format(seeds=scored),
             "tune_seeds": tune_seeds, "seeds": seeds,
             "sets": [{"name": s.name, "source": s.source, "strength": list(s.strength) or None,
                       "folder": str(folders[s.name])} for s in sets],
