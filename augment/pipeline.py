@@ -17,13 +17,16 @@ import yaml
 
 from .config import Recipe
 from .errors import CapaugError
-from .io import write_json
+from .devices import process_state
+from .io import write_json, write_yaml
 from .model_io import ModelInfo
 from .runlock import locks_run
 from .split import prepare_split
 
 RECORD = "pipeline.json"
 RECORD_FORMAT = "capaug-pipeline/1"
+RECIPE_FILE = "recipe.yaml"
+TRAINING_SECTIONS = ("train", "data")  # recorded in RUN/diffusion/config.yaml only: the copy a resume checks
 
 
 @locks_run("train", data=lambda args: args["data"] or args["recipe"].dataset)
@@ -36,9 +39,12 @@ def run_training(
     from_pretrained: Optional[str | Path] = None,
     callback: Optional[Callable[[dict], None]] = None,
     report_to: Optional[str] = None,
+    origin: Optional[str] = None,
 ):
     """Split (or reuse RUN/split.json), then train. On `resume`, `recipe` may differ from the run's recorded
-    settings only in recovery settings (`resume.RECOVERY`); `resumed_recipe` builds it from the run itself."""
+    settings only in recovery settings (`resume.RECOVERY`); `resumed_recipe` builds it from the run itself.
+    Once training has started or resumed, `recipe` becomes the run's recipe (`RUN/recipe.yaml`, see
+    `record_recipe`; `origin`: the --recipe it came from)."""
     from .tracking import tracker_name
     from .train import train
 
@@ -51,24 +57,83 @@ def run_training(
     if spec is None and not (run_dir / "split.json").is_file():
         raise CapaugError("no data given: pass DATA (a folder, .npz, .csv or builtin:digits-lt) or a recipe with a dataset")
     split = prepare_split(spec, run_dir, recipe.data)
-    return train(split, recipe.train, run_dir, data_cfg=recipe.data, resume=resume,
-                 from_pretrained=str(from_pretrained) if from_pretrained else None, callback=callback,
-                 report_to=report_to)
+    before = _stamp(saved)
+    try:
+        return train(split, recipe.train, run_dir, data_cfg=recipe.data, resume=resume,
+                     from_pretrained=str(from_pretrained) if from_pretrained else None, callback=callback,
+                     report_to=report_to)
+    finally:  # config.yaml rewritten = the run checks passed and training began (an interrupted one included)
+        if _stamp(saved) != before and process_state().is_main_process:
+            record_recipe(run_dir, recipe, origin, split.source["path"])
 
 
-def resumed_recipe(run_dir: str | Path, overrides: Mapping[str, Any]) -> Optional[Recipe]:
-    """The run's recorded train and data settings with `overrides` ({"train.lr": 1e-4}) applied: what
-    `capaug train --resume` continues. None when the run has no recorded settings (nothing to resume)."""
+def resumed_recipe(run_dir: str | Path, overrides: Mapping[str, Any], base: Optional[Recipe] = None) -> Optional[Recipe]:
+    """The run's recorded train and data settings (RUN/diffusion/config.yaml) with `overrides` ({"train.lr": 1e-4})
+    applied, and the other sections from `base` (default: the run's recipe.yaml; an older run without it: the
+    defaults): what `capaug train --resume` continues. None when the run has no recorded settings."""
     from capaug.recipes import set_dotted, validate
 
     saved = Path(run_dir) / "diffusion" / "config.yaml"
     if not saved.is_file():
         return None
     recorded = yaml.safe_load(saved.read_text())
-    raw = {"train": recorded["train"], "data": recorded.get("data", {})}
+    rest = base.model_dump(mode="json") if base is not None else _recipe_record(run_dir) or {}
+    raw = {key: value for key, value in rest.items() if key != "origin"}
+    raw |= {"train": recorded["train"], "data": recorded.get("data", {})}
     for key, value in overrides.items():
         set_dotted(raw, key, value)
-    return validate(raw, f"--resume of {run_dir}")
+    return validate(raw, f"the settings recorded in {run_dir}")
+
+
+def run_recipe(run_dir: str | Path, overrides: Optional[Mapping[str, Any]] = None) -> Optional[tuple[Recipe, Optional[str]]]:
+    """The run's recipe with `overrides` applied, and its origin (the --recipe it was made with): what the later
+    stages use when no --recipe is given. None for a run folder without RUN/recipe.yaml (made before it existed)."""
+    record = _recipe_record(run_dir)
+    if record is None:
+        return None
+    recipe = resumed_recipe(run_dir, overrides or {})
+    if recipe is None:
+        raise CapaugError(f"{Path(run_dir) / RECIPE_FILE} needs {Path(run_dir) / 'diffusion' / 'config.yaml'} "
+                          "(the run's train and data settings), which is missing")
+    return recipe, record.get("origin")
+
+
+def recorded_origin(run_dir: str | Path) -> Optional[str]:
+    """The --recipe a run was made with, as RUN/recipe.yaml records it; None without a record or a name."""
+    record = _recipe_record(run_dir)
+    return record.get("origin") if record else None
+
+
+def record_recipe(run_dir: Path, recipe: Recipe, origin: Optional[str], dataset: Optional[str]) -> None:
+    """Write RUN/recipe.yaml: `origin`, `dataset` (the run's data) and every section but train and data, which
+    stay in RUN/diffusion/config.yaml alone (a resume checks and rewrites that copy); the file says so in their place."""
+    sections = recipe.model_dump(mode="json")
+    pointer = "recorded in diffusion/config.yaml"
+    write_yaml(run_dir / RECIPE_FILE, {"origin": origin, **sections, "dataset": dataset,
+                                       **{key: pointer for key in TRAINING_SECTIONS}})
+
+
+def _recipe_record(run_dir: str | Path) -> Optional[dict]:
+    """RUN/recipe.yaml without its train/data pointers; None when absent."""
+    path = Path(run_dir) / RECIPE_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise CapaugError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(record, dict):
+        raise CapaugError(f"{path} must be a mapping of settings; delete it to fall back to --recipe")
+    return {key: value for key, value in record.items() if key not in TRAINING_SECTIONS}
+
+
+def _stamp(path: Path) -> Optional[tuple[int, int]]:
+    """Which version of `path` is there (atomic writes replace the inode), None when absent."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 @dataclass
@@ -95,6 +160,7 @@ def run_pipeline(
     on_synthesis: Optional[Callable[[str, int, int], None]] = None,
     on_model: Optional[Callable[[str, int, dict], None]] = None,
     on_eval: Optional[Callable[[str], None]] = None,
+    origin: Optional[str] = None,
 ) -> PipelineResult:
     """train -> synthesize -> downstream (-> evaluate) on one run folder, under one run lock.
 
@@ -102,7 +168,8 @@ def run_pipeline(
     agree with `recipe` as a resume's would), an unfinished training run resumes from its last checkpoint,
     synthesis completes its plan, and a stage whose output `RUN/pipeline.json` records as made from the same
     request is skipped. `on_stage(stage, message)` gets one line per stage decision; the other callbacks are
-    the stages' own progress callbacks.
+    the stages' own progress callbacks. Once the train stage has passed, `recipe` is the run's recipe
+    (`RUN/recipe.yaml`; `origin`: the --recipe it came from).
     """
     from capaug.classifier.downstream import planned_models, run_downstream
 
@@ -113,7 +180,7 @@ def run_pipeline(
     run_dir = Path(run_dir)
     say = on_stage or (lambda stage, message: None)
     model_dir, synthetic = run_dir / "diffusion" / "model", run_dir / "synthetic"
-    stages = {"train": _train_stage(data, run_dir, recipe, say, on_train)}
+    stages = {"train": _train_stage(data, run_dir, recipe, say, on_train, origin)}
     split, model = load_split(run_dir), read_model_info(model_dir)
     record = _Record(run_dir)
 
@@ -163,7 +230,7 @@ def run_pipeline(
                           read(run_dir / "eval" / "metrics.json") if evaluate else None)
 
 
-def _train_stage(data: Optional[str], run_dir: Path, recipe: Recipe, say, on_train) -> str:
+def _train_stage(data: Optional[str], run_dir: Path, recipe: Recipe, say, on_train, origin: Optional[str]) -> str:
     """Skip a finished model trained with these settings, resume an interrupted run, or train from scratch."""
     from .checkpoints import checkpoint_dirs
     from .model_io import read_model_info
@@ -171,27 +238,29 @@ def _train_stage(data: Optional[str], run_dir: Path, recipe: Recipe, say, on_tra
     model_dir = run_dir / "diffusion" / "model"
     steps = recipe.train.steps
     if (model_dir / "capaug.json").is_file() and read_model_info(model_dir).step == steps:
-        _check_finished_run(data, run_dir, recipe, steps)
+        split = _check_finished_run(data, run_dir, recipe, steps)
+        record_recipe(run_dir, recipe, origin, split.source["path"])
         say("train", f"skipped: {model_dir} is finished ({steps} steps)")
         return "skipped"
     found = checkpoint_dirs(run_dir)
     say("train", f"resuming from {found[-1].name} to {steps} steps" if found else f"training {steps} steps")
-    result = run_training(data, run_dir, recipe, resume=bool(found), callback=on_train)
+    result = run_training(data, run_dir, recipe, resume=bool(found), callback=on_train, origin=origin)
     say("train", f"finished: {result.step} steps in {result.seconds / 60:.1f} min, final loss {result.final_loss:.4f}")
     return "resumed" if found else "ran"
 
 
-def _check_finished_run(data: Optional[str], run_dir: Path, recipe: Recipe, step: int) -> None:
-    """A finished model is reused only for the same data and settings a resume would accept."""
+def _check_finished_run(data: Optional[str], run_dir: Path, recipe: Recipe, step: int):
+    """A finished model is reused only for the same data and settings a resume would accept; -> the run's split."""
     from .resume import recorded_settings, resume_changes, saved_settings
 
-    prepare_split(data or recipe.dataset, run_dir, recipe.data, check=False)  # refuses other data
+    split = prepare_split(data or recipe.dataset, run_dir, recipe.data, check=False)  # refuses other data
     saved = yaml.safe_load((run_dir / "diffusion" / "config.yaml").read_text())
     run = {key: saved.get(key) for key in ("split_hash", "from_pretrained")}
     try:
         resume_changes(saved_settings(saved), recorded_settings(recipe.train, recipe.data, run), step)
     except CapaugError as e:
         raise CapaugError(f"the finished model in {run_dir / 'diffusion'} does not fit the recipe: {e}") from None
+    return split
 
 
 class _Record:

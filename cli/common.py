@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import typer
@@ -15,7 +16,8 @@ from capaug.recipes import load_recipe, parse_assignment
 console = Console()
 err_console = Console(stderr=True)
 
-RecipeOption = typer.Option("quickstart", "--recipe", "-r", help="Recipe name (see `capaug recipes`) or a .yaml file.")
+DEFAULT_RECIPE = "quickstart"
+RecipeOption = typer.Option(None, "--recipe", "-r", help="Recipe name (see `capaug recipes`) or a .yaml file (default: the run's recipe, RUN/recipe.yaml; a new run: quickstart).")
 SetOption = typer.Option(None, "--set", help="Override any recipe value, e.g. --set train.lr=1e-4 (repeatable).")
 
 # options that `capaug run` shares with the stage commands
@@ -41,6 +43,38 @@ def human_output_on_stderr(enabled: bool = True) -> Iterator[None]:
 
 def recipe_with(name: str, sets: Optional[list[str]], **options: Any) -> Recipe:
     """Load a recipe, apply `--set KEY=VALUE`s, then explicit options ({"train.lr": value}; None = not given)."""
-    overrides: dict[str, Any] = dict(parse_assignment(s) for s in sets or [])
-    overrides.update({k: v for k, v in options.items() if v is not None})
-    return load_recipe(name, overrides)
+    return load_recipe(name, overrides_of(sets, options))
+
+
+def overrides_of(sets: Optional[list[str]], options: dict[str, Any]) -> dict[str, Any]:
+    """`--set KEY=VALUE`s, then the explicit options that were given, as dotted-key overrides."""
+    return dict(parse_assignment(s) for s in sets or []) | {k: v for k, v in options.items() if v is not None}
+
+
+def recipe_origin(name: str) -> str:
+    """How RUN/recipe.yaml names a --recipe: a shipped recipe by its name, a file by its absolute path."""
+    path = Path(name)
+    return str(path.resolve()) if path.suffix in (".yaml", ".yml") and path.is_file() else name
+
+
+def recipe_for_run(name: Optional[str], run: Optional[Path], sets: Optional[list[str]], *, new_run: bool = False,
+                   **options: Any) -> tuple[Recipe, Optional[str]]:
+    """The settings of a command on RUN and the origin to record: `--recipe` when given, else the run's recipe
+    (RUN/recipe.yaml), else quickstart, with a warning unless the command starts a new run (`new_run`: train,
+    run). `--set`s and explicit options apply on top in every case."""
+    from capaug.augment.pipeline import recorded_origin, run_recipe
+
+    overrides = overrides_of(sets, options)
+    if name is None:
+        found = run_recipe(run, overrides) if run is not None else None
+        if found is not None:
+            return found
+        if run is None or not new_run or (Path(run) / "diffusion" / "config.yaml").is_file():
+            where = f"{run} has no recorded recipe (RUN/recipe.yaml)" if run is not None else "no --run to take a recipe from"
+            err_console.print(f"[yellow]warning:[/] {where}; using the {DEFAULT_RECIPE} recipe; choose one with "
+                              "--recipe NAME or FILE (see `capaug recipes`)", highlight=False, soft_wrap=True)
+        return load_recipe(DEFAULT_RECIPE, overrides), DEFAULT_RECIPE
+    recorded = recorded_origin(run) if run is not None else None
+    if recorded is not None and recorded != recipe_origin(name):
+        console.print(f"recipe {name} (given; {run} was made with {recorded})", highlight=False, soft_wrap=True)
+    return load_recipe(name, overrides), recipe_origin(name)

@@ -14,7 +14,7 @@ from capaug.augment.errors import CapaugError
 from capaug.classifier.arms import split_specs
 
 from .common import (ArmsOption, MixedPrecisionOption, RecipeOption, SetOption, SeedsOption, TuneOption, console,
-                     recipe_with)
+                     recipe_for_run)
 from .progress import Progress
 
 TABLE_METRICS = {"balanced_accuracy": "bal. acc.", "recall_few": "Few recall"}
@@ -22,7 +22,7 @@ TABLE_METRICS = {"balanced_accuracy": "bal. acc.", "recall_few": "Few recall"}
 
 def downstream(
     run: Path = typer.Option(..., "--run", help="Run folder with split.json (and synthetic/ for the synthetic arm)."),
-    recipe: str = RecipeOption,
+    recipe: Optional[str] = RecipeOption,
     arms: Optional[str] = ArmsOption,
     tune: Optional[bool] = TuneOption,
     tune_grid: Optional[str] = typer.Option(None, "--tune-grid", help="Comma list of synthetic arm specs for --tune (default: the recipe's)."),
@@ -53,7 +53,7 @@ def downstream(
         "downstream.tune_seeds": tune_seeds,
         "downstream.tune_sets": [s.strip() for s in tune_sets.split(",") if s.strip()] if tune_sets is not None else None,
     }
-    cfg = recipe_with(recipe, sets, **options)
+    cfg, _ = recipe_for_run(recipe, run, sets, **options)
     from capaug.classifier.downstream import planned_models, run_downstream
 
     chosen = split_specs(arms) if arms is not None else None

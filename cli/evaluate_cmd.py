@@ -9,7 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from .common import RecipeOption, SetOption, console, recipe_with
+from .common import RecipeOption, SetOption, console, recipe_for_run
 from .progress import Progress
 
 
@@ -22,11 +22,11 @@ def evaluate(
     cas: bool = typer.Option(True, "--cas/--no-cas", help="Train a classifier on synthetic images only and test it on real test images."),
     seed: int = typer.Option(0, help="Seed of KID's subsets and of the classifiers."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
-    recipe: str = RecipeOption,
+    recipe: Optional[str] = RecipeOption,
     sets: Optional[list[str]] = SetOption,
 ) -> None:
     """Score the run's synthetic images per class, per Many/Medium/Few group and overall."""
-    cfg = recipe_with(recipe, sets)
+    cfg, _ = recipe_for_run(recipe, run, sets)
     from capaug.augment.evaluate import evaluate_run
 
     with Progress() as progress:

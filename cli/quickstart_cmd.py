@@ -22,7 +22,8 @@ def quickstart(
     from .run_cmd import run_all
 
     # the synthetic arm is `tuned` (chosen on val from the recipe's small tune_grid); --set still overrides
-    run_all(DIGITS_LT, run, recipe_with("quickstart", [*QUICKSTART_ARMS, *(sets or [])]), title="capaug quickstart")
+    run_all(DIGITS_LT, run, recipe_with("quickstart", [*QUICKSTART_ARMS, *(sets or [])]), origin="quickstart",
+            title="capaug quickstart")
 
 
 def register(app: typer.Typer) -> None:

@@ -12,7 +12,7 @@ import typer
 from capaug.classifier.arms import split_specs
 
 from .common import (ArmsOption, DataArgument, MixedPrecisionOption, RecipeOption, SeedsOption, SetOption,
-                     TargetOption, TrainStepsOption, TuneOption, console, human_output_on_stderr, recipe_with)
+                     TargetOption, TrainStepsOption, TuneOption, console, human_output_on_stderr, recipe_for_run)
 from .progress import Progress
 
 FORMAT = "capaug-run/1"
@@ -21,7 +21,7 @@ FORMAT = "capaug-run/1"
 def run(
     data: Optional[str] = DataArgument,
     run: Path = typer.Option(..., "--run", help="Run folder (created if needed; rerun the command to resume)."),
-    recipe: str = RecipeOption,
+    recipe: Optional[str] = RecipeOption,
     steps: Optional[int] = TrainStepsOption,
     target: Optional[str] = TargetOption,
     arms: Optional[str] = ArmsOption,
@@ -39,12 +39,15 @@ def run(
         "downstream.seeds": seeds, "train.mixed_precision": mixed_precision,
         "downstream.mixed_precision": mixed_precision,
     }
-    run_all(data, run, recipe_with(recipe, sets, **options), evaluate=evaluate, json_output=json_output)
+    # a rerun without --recipe continues with the run's recipe; a given one must agree with its train settings
+    cfg, origin = recipe_for_run(recipe, run, sets, new_run=True, **options)
+    run_all(data, run, cfg, origin=origin, evaluate=evaluate, json_output=json_output)
 
 
-def run_all(data: Optional[str], run: Path, recipe, *, evaluate: bool = False, json_output: bool = False,
-            title: str = "capaug run") -> None:
-    """`run_pipeline` with progress, the stages' summaries, and the `--json` object (`capaug quickstart` too)."""
+def run_all(data: Optional[str], run: Path, recipe, *, origin: Optional[str], evaluate: bool = False,
+            json_output: bool = False, title: str = "capaug run") -> None:
+    """`run_pipeline` with progress, the stages' summaries, and the `--json` object (`capaug quickstart` too);
+    `origin`: the --recipe that `recipe` came from, recorded in RUN/recipe.yaml."""
     from capaug.augment.pipeline import run_pipeline
     from capaug.classifier.downstream import plan_specs
 
@@ -55,7 +58,7 @@ def run_all(data: Optional[str], run: Path, recipe, *, evaluate: bool = False, j
         console.rule(f"{title}: {data or recipe.dataset or 'the run split'} -> {run}")
         with Progress() as progress:
             result = run_pipeline(
-                data, run, recipe, evaluate=evaluate,
+                data, run, recipe, evaluate=evaluate, origin=origin,
                 on_stage=progress.on_stage, on_train=progress.on_train, on_synthesis=progress.on_synthesis,
                 on_model=progress.on_model, on_eval=progress.on_eval)
         print_summary(result.downstream, run)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from capaug.augment.errors import CapaugError
 
-from .common import RecipeOption, SetOption, TargetOption, console, recipe_with
+from .common import RecipeOption, SetOption, TargetOption, console, recipe_for_run
 from .progress import Progress
 
 
@@ -35,7 +35,7 @@ def synthesize(
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the images capaug wrote in the output and start again."),
     keep_extra: bool = typer.Option(False, "--keep-extra", help="After lowering the target, keep the images beyond it (the manifest lists them)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit."),
-    recipe: str = RecipeOption,
+    recipe: Optional[str] = RecipeOption,
     sets: Optional[list[str]] = SetOption,
 ) -> None:
     """Synthesize minority-class images until the target class balance is reached (resumable)."""
@@ -47,7 +47,7 @@ def synthesize(
         "synthesize.resize": resize, "synthesize.near_copy_threshold": drop_near_copies,
         "synthesize.filter_confidence": filter_confidence, "synthesize.source": source, "synthesize.strength": strength,
     }
-    settings = recipe_with(recipe, sets, **options)
+    settings, _ = recipe_for_run(recipe, run, sets, **options)
     cfg = settings.synthesize
     from capaug.augment.split import load_split
     from capaug.augment.devices import process_state

@@ -7,17 +7,15 @@ from typing import Optional
 
 import typer
 
-from capaug.recipes import parse_assignment
-
 from .common import (DataArgument, MixedPrecisionOption, RecipeOption, SetOption, TrainStepsOption, console,
-                     err_console, recipe_with)
+                     err_console, overrides_of, recipe_for_run)
 from .progress import Progress
 
 
 def train(
     data: Optional[str] = DataArgument,
     run: Path = typer.Option(..., "--run", help="Run folder (created if needed)."),
-    recipe: str = RecipeOption,
+    recipe: Optional[str] = RecipeOption,
     method: Optional[str] = typer.Option(None, help="cm (Capacity Manipulation), plain (DDPM/CBDM/OC baseline) or lowrank (the low-rank terms without L_CM, an ablation)."),
     base_loss: Optional[str] = typer.Option(None, "--base-loss", help="ddpm, cbdm or oc."),
     rho: Optional[float] = typer.Option(None, help="Low-rank ratio: rank = max(1, floor(rho * min(c_in, c_out)))."),
@@ -62,12 +60,13 @@ def train(
     from capaug.augment.pipeline import resumed_recipe, run_training
     from capaug.augment.checkpoints import checkpoint_dirs
 
-    overrides = dict(parse_assignment(s) for s in sets or []) | {k: v for k, v in options.items() if v is not None}
-    cfg = (resume and resumed_recipe(run, overrides)) or recipe_with(recipe, sets, **options)
+    # --resume: the train and data settings the run recorded (plus recovery changes), the rest as without it
+    base, origin = recipe_for_run(recipe, run, sets, new_run=True, **options)
+    cfg = (resume and resumed_recipe(run, overrides_of(sets, options), base)) or base
     try:
         with Progress(disable=not process_state().is_main_process) as progress:
             result = run_training(data, run, cfg, resume=resume, from_pretrained=from_pretrained,
-                                  callback=progress.on_train, report_to=report_to)
+                                  callback=progress.on_train, report_to=report_to, origin=origin)
     except KeyboardInterrupt:
         found = checkpoint_dirs(run)
         line = (f"the last checkpoint is {found[-1]}; continue with `capaug train --run {run} --resume`" if found
