@@ -7,9 +7,11 @@ import shutil
 import pytest
 import yaml
 
+from capaug.augment.errors import CapaugError
+from capaug.augment.pipeline import run_recipe, run_training
 from capaug.recipes import load_recipe
 
-from test_run_cmd import TINY_TRAIN, capaug_here
+from test_run_cmd import TINY_TRAIN, Interrupt, capaug_here
 
 # the small recipe (32 px, a 3-level UNet) cut down to the tiny test model; its own synthesize/downstream stay
 SMALL_TINY = {**TINY_TRAIN, "train.steps": 2, "train.image_size": 16, "train.unet.layers_per_block": 1,
@@ -78,3 +80,22 @@ def test_a_run_without_recipe_yaml_falls_back_to_quickstart_with_a_warning(run, 
                           "--dry-run")
     assert outside.returncode == 0, outside.stderr
     assert "no --run" in outside.stderr and FALLBACK in outside.stderr
+
+
+def test_an_interrupted_training_records_its_recipe_and_a_refused_resume_changes_nothing(tmp_path):
+    run = tmp_path / "run"
+
+    def stop_at_step_3(row):
+        if row["step"] == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_training("builtin:digits-lt", run, load_recipe("quickstart", {**TINY_TRAIN, "downstream.seeds": 2}),
+                     callback=stop_at_step_3, origin="quickstart")
+    recipe, origin = run_recipe(run)
+    assert (origin, recipe.downstream.seeds, recipe.train.unet.block_out_channels) == ("quickstart", 2, [16, 32])
+    before = (run / "recipe.yaml").read_bytes()
+    other = load_recipe("quickstart", {**TINY_TRAIN, "train.method": "plain", "downstream.seeds": 4})
+    with pytest.raises(CapaugError, match="cannot change method"):
+        run_training(None, run, other, resume=True, origin="mine.yaml")
+    assert (run / "recipe.yaml").read_bytes() == before
