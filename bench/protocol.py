@@ -23,14 +23,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shutil
 import statistics
+import tarfile
 import time
 from pathlib import Path
 
 from capaug.augment.analysis import analyze_capacity
 from capaug.augment.capacity import CAPACITY_METHODS
 from capaug.augment.config import Recipe
+from capaug.augment.convert import make_long_tailed
 from capaug.augment.errors import CapaugError
 from capaug.augment.evaluate import evaluate_run
 from capaug.classifier.arms import parse_arm
@@ -48,6 +51,15 @@ METHODS = {"plain": ("plain", "ddpm"), "cm": ("cm", "ddpm"), "lowrank": ("lowran
 SHORTHANDS = {"min_snr": "train.loss_weighting=min_snr"}
 SECTIONS = ("data", "train", "synthesize", "downstream")
 GROUPS = ("many", "medium", "few")
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10_TAR = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+PRESETS = ("cifar10-lt-small",)
+# cifar10-lt-small: the small recipe (UNet 32/64/64, attention at the middle level, batch 32, lr 1e-3, DDPM-50
+# sampling) at --size px, a resnet10t classifier at the same size; the tune grid is kept small (3 settings)
+SMALL_SETTINGS = ["downstream.model=resnet10t", "downstream.epochs=30", "downstream.batch_size=64",
+                  "downstream.tune_grid=[synthetic, synthetic+la, synthetic+la+filter]",
+                  "train.sample_every=1000", "train.checkpoint_every=250"]
 
 
 def label_and_seeds(spec: str, default_seeds: int) -> tuple[str, int]:
@@ -209,8 +221,74 @@ def downstream_arm(run: str, setting: str) -> str:
 
 def print_progress(arm: str, seed: int, info: dict) -> None:
     """One line per downstream classifier, so a long comparison is not silent."""
+    test = f" test {info['balanced_accuracy']:.3f}" if "balanced_accuracy" in info else ""  # a tuning-grid model: val only
     print(f"downstream {info['done']}/{info['total']}: {arm} seed {seed}, balanced accuracy val "
-          f"{info['val_balanced_accuracy']:.3f} test {info['balanced_accuracy']:.3f}", flush=True)
+          f"{info['val_balanced_accuracy']:.3f}{test}", flush=True)
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "capaug" / "cifar10"
+
+
+def cifar10_tree(tar: Path, cache: Path) -> Path:
+    """`CACHE/CIFAR-10-images/{train,test}/<class>/NNNN.jpg`, extracted from `tar` once (into a temporary folder
+    that is renamed when complete, so an interrupted extraction is never taken for a tree)."""
+    tree = cache / "CIFAR-10-images"
+    if tree.is_dir():
+        return tree
+    if not tar.is_file():
+        raise CapaugError(f"{tar} does not exist (the CIFAR-10 JPEG archive; pass --cifar-tar)")
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".extract-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with tarfile.open(tar) as archive:
+        archive.extractall(tmp, filter="data")
+    if not (tmp / "CIFAR-10-images" / "train").is_dir() or not (tmp / "CIFAR-10-images" / "test").is_dir():
+        shutil.rmtree(tmp)
+        raise CapaugError(f"{tar} does not hold CIFAR-10-images/{{train,test}}/<class>/")
+    if not tree.is_dir():  # another command may have finished first
+        (tmp / "CIFAR-10-images").rename(tree)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tree
+
+
+def long_tailed_cifar10(tar: Path, cache: Path, ratio: float = 100, head: int = 500) -> Path:
+    """`CACHE/cifar10-lt-r<ratio>-n<head>`: `head` ... head/ratio training images (the first files of each class),
+    the full balanced test folder; made once by `make_long_tailed` (atomic), reused afterwards."""
+    out = cache / f"cifar10-lt-r{ratio:g}-n{head}"
+    if not out.is_dir():
+        make_long_tailed(cifar10_tree(tar, cache), ratio, out, max_per_class=head)
+    return out
+
+
+def add_preset_options(parser: argparse.ArgumentParser) -> None:
+    """The options of `--preset` (shared by protocol.py, noise_floor.py and scaling.py)."""
+    parser.add_argument("--preset", choices=PRESETS,
+                        help="fill in --data, --recipe and the settings of a fixed benchmark (README.md)")
+    parser.add_argument("--size", type=int, choices=(16, 32), default=16, help="--preset: image size in px")
+    parser.add_argument("--cache", type=Path, default=default_cache(),
+                        help="--preset: where CIFAR-10 is extracted once (outside the repository)")
+    parser.add_argument("--cifar-tar", type=Path, default=CIFAR10_TAR, help="--preset: the CIFAR-10 JPEG archive")
+
+
+def apply_preset(args, parser: argparse.ArgumentParser) -> None:
+    """With `--preset`: set args.data and args.recipe, and put the preset's settings before the user's --set
+    (so a --set overrides them); without: the recipe defaults to quickstart."""
+    if not args.preset:
+        args.recipe = args.recipe or "quickstart"
+        return
+    if args.data or args.recipe:
+        parser.error("--preset fills in --data and --recipe; change its settings with --set")
+    cache = args.cache.expanduser().resolve()
+    if cache == REPO or REPO in cache.parents:
+        parser.error(f"--cache {args.cache} lies inside the repository {REPO}; choose a folder outside it")
+    try:
+        args.data = str(long_tailed_cifar10(args.cifar_tar.expanduser(), cache))
+    except CapaugError as e:
+        parser.error(str(e))
+    args.recipe = "small"
+    args.set = [*SMALL_SETTINGS, f"train.image_size={args.size}", f"downstream.image_size={args.size}",
+                *(args.set or [])]
 
 
 def run_protocol(args) -> dict:
@@ -308,7 +386,7 @@ def table(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", help="data spec (default: the recipe's dataset)")
-    parser.add_argument("--recipe", default="quickstart")
+    parser.add_argument("--recipe", help="recipe name or file (default: quickstart)")
     parser.add_argument("--steps", type=int, required=True, help="training steps per method (the budget)")
     parser.add_argument("--methods", default="plain,cm", type=lambda s: s.split(","),
                         help=f"comma list of {', '.join(METHODS)}, each optionally with @KEY=VALUE or @min_snr")
@@ -324,7 +402,9 @@ def main() -> None:
                              "commands on one OUT can share the generators")
     parser.add_argument("--out", required=True)
     parser.add_argument("--set", action="append", help="recipe override KEY=VALUE (repeatable)")
+    add_preset_options(parser)
     args = parser.parse_args()
+    apply_preset(args, parser)
     if args.gen_seeds < 1:
         parser.error("--gen-seeds must be at least 1")
     if args.only and not args.no_downstream:

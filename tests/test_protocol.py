@@ -97,3 +97,63 @@ def test_protocol_runs_end_to_end_on_digits(tmp_path):
     table = (out / "protocol.md").read_text()
     assert set(json.loads((out / "generators.json").read_text())) == set(runs)
     assert "| lowrank | 1 |" in table and "| cm@lambda_div=auto@min_snr-seed1+la |" in table and "| cm@lambda_div=auto@min_snr | 2 |" in table and "| real |" in table and "verdict:" in table and " ± " in table
+
+
+def fake_cifar_tar(path: Path, train: int = 10, test: int = 2) -> Path:
+    """A CIFAR-10-images/{train,test}/<class>/NNNN.jpg archive with three classes."""
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    root = path.parent / "tree" / "CIFAR-10-images"
+    rng = np.random.default_rng(0)
+    for part, n in (("train", train), ("test", test)):
+        for name in ("airplane", "bird", "cat"):
+            (root / part / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / part / name / f"{i:04d}.jpg")
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(root, arcname="CIFAR-10-images")
+    return path
+
+
+def test_preset_data_is_extracted_once_and_made_long_tailed(protocol, tmp_path):
+    tar = fake_cifar_tar(tmp_path / "cifar.tar.gz")
+    cache = tmp_path / "cache"
+    data = protocol.long_tailed_cifar10(tar, cache, ratio=4, head=8)
+    assert data == cache / "cifar10-lt-r4-n8"
+    assert [len(list((data / "train" / c).iterdir())) for c in ("airplane", "bird", "cat")] == [8, 4, 2]
+    assert [len(list((data / "test" / c).iterdir())) for c in ("airplane", "bird", "cat")] == [2, 2, 2]
+    assert sorted(p.name for p in cache.iterdir()) == ["CIFAR-10-images", "cifar10-lt-r4-n8"]  # no temporary left
+    tar.unlink()  # both are reused from the cache now
+    assert protocol.long_tailed_cifar10(tar, cache, ratio=4, head=8) == data
+    assert protocol.long_tailed_cifar10(tar, cache, ratio=2, head=6) == cache / "cifar10-lt-r2-n6"
+
+
+def test_preset_fills_in_data_recipe_and_settings(protocol, monkeypatch, tmp_path):
+    import argparse
+
+    from capaug.recipes import load_recipe, parse_assignment
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data")
+    parser.add_argument("--recipe")
+    parser.add_argument("--set", action="append")
+    protocol.add_preset_options(parser)
+    made = []
+    monkeypatch.setattr(protocol, "long_tailed_cifar10", lambda tar, cache: made.append(cache) or tmp_path / "lt")
+    args = parser.parse_args(["--preset", "cifar10-lt-small", "--size", "32", "--cache", str(tmp_path / "c"),
+                              "--set", "downstream.epochs=2"])
+    protocol.apply_preset(args, parser)
+    assert (args.data, args.recipe, made) == (str(tmp_path / "lt"), "small", [tmp_path / "c"])
+    recipe = load_recipe(args.recipe, dict(parse_assignment(s) for s in args.set))
+    assert recipe.train.image_size == recipe.downstream.image_size == 32
+    assert recipe.downstream.model == "resnet10t" and recipe.downstream.epochs == 2  # a --set wins over the preset
+    for bad in (["--cache", str(protocol.REPO / "cache")], ["--data", "x"]):
+        args = parser.parse_args(["--preset", "cifar10-lt-small", *bad])
+        with pytest.raises(SystemExit):
+            protocol.apply_preset(args, parser)
+    plain = parser.parse_args([])
+    protocol.apply_preset(plain, parser)
+    assert plain.recipe == "quickstart" and plain.data is None
