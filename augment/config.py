@@ -239,6 +239,49 @@ class SynthesisConfig(Strict):
         return value
 
 
+class FeatureSynthesisConfig(Strict):
+    """The `synthetic-features` arm's generator: a class-conditional diffusion MLP on the classifier's pooled
+    features (classifier/feature_synthesis.py), trained with the CM method of `TrainConfig` on its linear layers."""
+
+    target: str = Field("balanced", description="synthesis target policy (as synthesize.target) for the features")
+    method: Literal["cm", "plain"] = "cm"
+    rho: float = Field(0.1, gt=0, le=1)
+    targets: list[str] = Field(["blocks.*"], description="fnmatch patterns on the MLP's linear layers to give terms")
+    lambda_con: float = 1.0
+    lambda_div: float | Literal["auto"] = Field("auto", description="auto: N* between the Few and Medium groups")
+    diversity_cap: Optional[float] = Field(0.01, gt=0, description="m (as train.diversity_cap); None: the linear "
+                                           "L_CM, which ran away on digits-lt features (Few features off the data)")
+    p_uncond: float = Field(0.1, ge=0, lt=1)
+    hidden: int = Field(256, ge=8, description="width of the denoiser's residual blocks")
+    depth: int = Field(2, ge=1, description="residual blocks")
+    steps: int = Field(1000, ge=1, description="denoiser optimizer steps (the generator's cost)")
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    num_train_timesteps: int = Field(1000, ge=2)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    sample_steps: int = Field(100, ge=1, description="DDPM sampling steps")
+    guidance: float = Field(1.0, ge=0, description="classifier-free guidance scale (1: conditional only)")
+
+    @field_validator("lambda_div", mode="before")
+    @classmethod
+    def _number_or_auto(cls, v):
+        return TrainConfig._number_or_auto(v)
+
+    @field_validator("target")
+    @classmethod
+    def _target_policy(cls, v: str) -> str:
+        """A malformed policy fails here, not after an arm's first phase (a file is read when it is used)."""
+        from .errors import CapaugError
+        from .targets import plan_targets
+
+        if not v.strip().lower().endswith((".yaml", ".yml", ".json")):
+            try:
+                plan_targets(["class"], [1], v)
+            except CapaugError as e:
+                raise ValueError(str(e)) from None
+        return v
+
+
 class DownstreamConfig(Strict):
     """`capaug downstream`: the classifier arms (DESIGN.md, Downstream evaluation)."""
 
@@ -264,6 +307,7 @@ class DownstreamConfig(Strict):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     num_workers: int = 0
     cache_mb: float = Field(2048, ge=0, description="hold the split's decoded images in memory up to this size")
+    features: FeatureSynthesisConfig = FeatureSynthesisConfig()
 
 
 class Recipe(Strict):

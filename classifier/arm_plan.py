@@ -9,6 +9,8 @@ final-layer steps out of that budget, so a two-stage arm trains no longer than a
   the effective prior, the expected loss-weighted class frequency of a batch (`effective_counts`); `+crt`
   ends with `crt_frac` of the budget re-training only the final layer on the real split with class-balanced
   sampling and plain cross-entropy (the sampler already balances; logit adjustment there would count twice).
+- synthetic-features: the real split, then `head_frac` of the budget re-training only the final layer on real
+  and generated pooled features (feature_synthesis.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .arms import ArmSpec
 from .data import Reader, SyntheticSet, Weighted
 from .engine import Phase
 from .experiment import Experiment
+from .feature_synthesis import feature_phases, feature_settings
 from .losses import make_loss
 from .sampling import MixedBatchSampler, class_balanced_sampler
 
@@ -42,8 +45,11 @@ class PreparedArm:
         return self.spec.name
 
     def loss_name(self, reweight: str) -> str:
+        """The loss of the main phase."""
         if self.spec.base == "reweight":
             return reweight
+        if self.spec.features:
+            return "cross-entropy"
         return "logit-adjusted" if "la" in self.spec.flags else "cross-entropy"
 
     def share(self) -> Optional[float]:
@@ -59,9 +65,11 @@ class PreparedArm:
         return effective_counts(real, synthetic, self.spec.w, self.share(), experiment.cfg.batch_size)
 
     def steps(self, experiment: Experiment) -> tuple[int, int]:
-        """(main-phase steps, cRT steps); they add up to the budget."""
+        """(main-phase steps, final-layer steps of +crt or synthetic-features); they add up to the budget."""
         budget = experiment.budget
-        crt = min(max(1, round(self.spec.crt_frac * budget)), budget - 1) if "crt" in self.spec.flags else 0
+        fraction = (self.spec.crt_frac if "crt" in self.spec.flags else self.spec.head_frac if self.spec.features
+                    else 0)
+        crt = min(max(1, round(fraction * budget)), budget - 1) if fraction else 0
         return budget - crt, crt
 
     def phases(self, experiment: Experiment, seed: int) -> list[Phase]:
@@ -69,6 +77,8 @@ class PreparedArm:
         split, cfg = experiment.split, experiment.cfg
         generator = torch.Generator().manual_seed(seed)
         main_steps, crt_steps = self.steps(experiment)
+        if self.spec.features:
+            return feature_phases(experiment, self.spec, seed, main_steps, crt_steps)
         real = Weighted(experiment.dataset(split.train, train=True, seed=seed), 1.0)
         labels = [y for _, y in split.train]
         if self.synthetic and self.synthetic.items:
@@ -94,9 +104,13 @@ class PreparedArm:
         """The arm's record in metrics.json (without its results)."""
         num_classes = len(experiment.split.classes)
         extra = len(self.synthetic.items) if self.synthetic else 0
+        counts = self.synthetic.counts(num_classes) if self.synthetic else None
         main_steps, crt_steps = self.steps(experiment)
         settings = self.spec.settings()
-        if settings:
+        if self.spec.features:  # its synthetic samples are the features each model generates, not images
+            settings = feature_settings(experiment, self.spec, crt_steps)
+            counts = settings["head"]["generate"]
+        elif settings:
             settings["share"] = self.share()
             if settings["logit_adjust"]:
                 counts = self.prior_counts(experiment)
@@ -109,8 +123,8 @@ class PreparedArm:
                 "sampler": ("class-balanced" if self.spec.base == "oversample"
                             else "share" if self.share() else "shuffle"),
                 "synthetic_set": self.synthetic.name if self.synthetic else None,
-                "train_images": len(experiment.split.train) + extra, "synthetic_images": extra,
-                "synthetic_counts": self.synthetic.counts(num_classes) if self.synthetic else None,
+                "train_images": len(experiment.split.train) + extra,
+                "synthetic_images": sum(counts) if self.spec.features else extra, "synthetic_counts": counts,
                 "settings": settings or None, "optimizer_steps": main_steps + crt_steps}
 
 

@@ -1,7 +1,8 @@
 """The arm syntax of `--arms` and recipes: `BASE(+FLAG)*([KEY=VALUE,...])?`, e.g. `synthetic+la+filter[w=0.5]`.
 
-BASE is `real`, `reweight`, `oversample`, `synthetic` (RUN/synthetic) or a `--compare` name (another synthetic
-set). FLAGs and KEYs are settings of a synthetic arm (DESIGN.md, Downstream evaluation); they combine freely:
+BASE is `real`, `reweight`, `oversample`, `synthetic` (RUN/synthetic), a `--compare` name (another synthetic
+set) or `synthetic-features` (feature-level synthesis, classifier/feature_synthesis.py: no image set). FLAGs and
+KEYs are settings of a synthetic arm (DESIGN.md, Downstream evaluation); they combine freely:
 
   [w=OMEGA]        loss weight of every synthetic sample, in (0, 1] (default 1)
   [share=S]        a fixed share S in (0, 1) of every batch is synthetic (default: none, one shuffled pool)
@@ -11,6 +12,10 @@ set). FLAGs and KEYs are settings of a synthetic arm (DESIGN.md, Downstream eval
                      training image of their class is >= D (default 0.02, the audit's near-copy threshold)
   +crt [crt_frac=F]  two-stage: the last fraction F of the step budget (default 0.1) re-trains only the final
                      layer on the real training split with class-balanced sampling (cRT)
+
+`synthetic-features` takes `+la`, `[w=OMEGA]`, `[tau=T]` (on its synthetic features and its head phase) and
+  [head_frac=F]    the last fraction F of the step budget (default 0.1) re-trains only the final layer on the
+                   real pooled features + generated features of the classes below the target
 
 A spec is written back in one canonical form (flags in the order above, only non-default keys), which is the
 arm's name in metrics.json, so `synthetic+crt+la[w=.5]` and `synthetic+la+crt[w=0.5]` name the same arm.
@@ -24,8 +29,10 @@ from dataclasses import dataclass, field
 from capaug.augment.errors import CapaugError
 
 CLASSIC = ("reweight", "oversample")
-BUILTIN = ("real", *CLASSIC, "synthetic")
+FEATURES = "synthetic-features"
+BUILTIN = ("real", *CLASSIC, "synthetic", FEATURES)
 FLAGS = ("la", "filter", "crt")
+FEATURE_FLAGS, FEATURE_KEYS = ("la",), ("w", "tau", "head_frac")  # what synthetic-features takes
 KEYS = {  # key: (flag it needs or None, default, lowest, highest, lowest allowed?)
     "w": (None, 1.0, 0.0, 1.0, False),
     "share": (None, None, 0.0, 1.0, False),
@@ -34,6 +41,7 @@ KEYS = {  # key: (flag it needs or None, default, lowest, highest, lowest allowe
     "high": ("filter", 1.0, 0.0, 1.0, True),
     "copy": ("filter", 0.02, 0.0, 1.0, True),
     "crt_frac": ("crt", 0.1, 0.0, 1.0, False),
+    "head_frac": (None, 0.1, 0.0, 1.0, False),
 }
 _SPEC = re.compile(r"^(?P<base>[^+\[\],]+)(?P<flags>(\+[A-Za-z_]+)*)(\[(?P<keys>[^\]]*)\])?$")
 
@@ -53,7 +61,12 @@ class ArmSpec:
 
     @property
     def synthetic(self) -> bool:
-        return self.base not in ("real", *CLASSIC)
+        """True for an arm on a synthetic image set (not `synthetic-features`, which makes its own features)."""
+        return self.base not in ("real", *CLASSIC, FEATURES)
+
+    @property
+    def features(self) -> bool:
+        return self.base == FEATURES
 
     def __getattr__(self, key: str):
         if key in KEYS:
@@ -62,6 +75,9 @@ class ArmSpec:
 
     def settings(self) -> dict:
         """The arm's synthetic settings as recorded in metrics.json (null where a setting is off)."""
+        if self.features:  # the image arms' keys (share, filter, crt: off) and its head phase
+            return {"weight": self.w, "share": None, "logit_adjust": {"tau": self.tau} if "la" in self.flags else None,
+                    "filter": None, "crt": None, "head": {"fraction": self.head_frac}}
         if not self.synthetic:
             return {}
         return {"weight": self.w, "share": self.share,
@@ -77,9 +93,9 @@ def parse_arm(text: str, synthetic_bases: tuple[str, ...] = ("synthetic",)) -> A
     if not match:
         raise CapaugError(f"cannot read arm {text!r}; write BASE+FLAG[key=value,...], e.g. synthetic+la[w=0.5]")
     base = match["base"]
-    if base not in ("real", *CLASSIC, *synthetic_bases):
+    if base not in ("real", *CLASSIC, *synthetic_bases, FEATURES):
         raise CapaugError(f"unknown arm {base!r} in {text!r}; choose from "
-                          f"{', '.join(('real', *CLASSIC, *synthetic_bases))}")
+                          f"{', '.join(('real', *CLASSIC, *synthetic_bases, FEATURES))}")
     flags = [f for f in match["flags"].split("+") if f]
     unknown = [f for f in flags if f not in FLAGS]
     if unknown:
@@ -92,14 +108,21 @@ def parse_arm(text: str, synthetic_bases: tuple[str, ...] = ("synthetic",)) -> A
         values[key] = _value(key, value, text)
     if (flags or values) and base in ("real", *CLASSIC):
         raise CapaugError(f"arm {text!r}: settings apply to synthetic arms only (synthetic or a --compare name)")
+    if base == FEATURES and (set(flags) - set(FEATURE_FLAGS) or set(values) - set(FEATURE_KEYS)):
+        raise CapaugError(f"arm {text!r}: {FEATURES} takes +la and {', '.join(k + '=' for k in FEATURE_KEYS)} only")
+    if base != FEATURES and "head_frac" in values:
+        raise CapaugError(f"arm {text!r}: head_frac= applies to {FEATURES} only (crt_frac= with +crt is the "
+                          "image arms' head phase)")
     for key in values:
         need = KEYS[key][0]
         if need and need not in flags:
             raise CapaugError(f"arm {text!r}: {key}= needs +{need}")
     if "filter" in flags and values.get("low", KEYS["low"][1]) > values.get("high", KEYS["high"][1]):
         raise CapaugError(f"arm {text!r}: the filter band needs low <= high")
+    usable = FEATURE_KEYS if base == FEATURES else [k for k in KEYS if k not in ("head_frac",)]
     return ArmSpec(base, tuple(f for f in FLAGS if f in flags),
-                   {k: values.get(k, KEYS[k][1]) for k in KEYS if KEYS[k][0] is None or KEYS[k][0] in flags})
+                   {k: values.get(k, KEYS[k][1]) for k in KEYS
+                    if k in usable and (KEYS[k][0] is None or KEYS[k][0] in flags)})
 
 
 def split_specs(text: str) -> list[str]:

@@ -22,7 +22,7 @@ from capaug.augment.runlock import locks_run
 from capaug.augment.split import load_split
 
 from .arm_plan import PreparedArm
-from .arms import CLASSIC, ArmSpec, parse_arms
+from .arms import BUILTIN, CLASSIC, FEATURES, ArmSpec, parse_arms
 from .data import FolderReader, ResizedReader, cached, leakage_guard, load_synthetic_set
 from .engine import predict
 from .experiment import Experiment, input_size, seed_count
@@ -45,7 +45,7 @@ def plan_specs(cfg: DownstreamConfig, arms, compare: dict, tune: bool
     `compare` name that no listed arm uses (`ddpm+la` uses `ddpm`) is added as a plain arm."""
     bases = ("synthetic", *compare)
     sets = parse_tune_sets(cfg.tune_sets) if tune else []
-    clashes = [n for n in compare if n in ("real", *CLASSIC, "synthetic", TUNED, *(s.name for s in sets))]
+    clashes = [n for n in compare if n in (*BUILTIN, TUNED, *(s.name for s in sets))]
     if clashes:
         raise CapaugError(f"--compare name {clashes[0]!r} is an arm name; choose another (e.g. ddpm)")
     odd = [n for n in compare if any(c in n for c in "+[],") or not n.strip()]
@@ -55,8 +55,8 @@ def plan_specs(cfg: DownstreamConfig, arms, compare: dict, tune: bool
     listed = {spec.base for spec in specs}
     specs += parse_arms([n for n in compare if n not in listed], bases)
     grid = parse_arms(list(cfg.tune_grid), bases) if tune else []
-    if any(not spec.synthetic for spec in grid):
-        raise CapaugError("the tuning grid holds synthetic arms only (e.g. synthetic+la[w=0.5])")
+    if any(not (spec.synthetic or spec.features) for spec in grid):
+        raise CapaugError(f"the tuning grid holds synthetic arms only (e.g. synthetic+la[w=0.5], {FEATURES})")
     if tune and not grid:
         raise CapaugError("--tune needs a non-empty downstream.tune_grid")
     if sets and not any(spec.base == "synthetic" for spec in grid):
@@ -162,7 +162,8 @@ def run_downstream(
         trained = experiment.fit_phases(arm.phases(experiment, seed), seed)
         return trained, {"arm": arm.name, "seed": seed, "optimizer_steps": trained.optimizer_steps,
                          "best_step": trained.best_step, "best_epoch": trained.best_epoch,
-                         "val_balanced_accuracy": trained.val_balanced_accuracy, "seconds": trained.seconds}
+                         "val_balanced_accuracy": trained.val_balanced_accuracy, "seconds": trained.seconds,
+                         **trained.record}
 
     def test(name: str, seed: int, trained, record: dict) -> dict:
         probs, labels = predict(trained.model, test_set, cfg, experiment.accelerator)
@@ -288,7 +289,8 @@ def verdict(arms: dict, summaries: dict[str, dict], best_classic: Optional[str],
     of the paired balanced-accuracy difference excludes zero. The candidate is `tuned` (chosen on val) when it
     ran, else the synthetic arm with the best mean test score (then flagged: picked on test)."""
     ranking = sorted(summaries, key=lambda n: summaries[n][METRIC]["mean"], reverse=True)
-    synthetic = [n for n in ranking if arms[n]["synthetic_set"] and (n == TUNED or not tuned)]
+    synthetic = [n for n in ranking if (arms[n]["synthetic_set"] or arms[n]["base"] == FEATURES)
+                 and (n == TUNED or not tuned)]
     candidate = TUNED if tuned else (synthetic[0] if synthetic else None)
     base = {"metric": METRIC, "winner": ranking[0], "ranking": ranking, "candidate": candidate,
             "baseline": best_classic, "picked_on_test": candidate is not None and not tuned and len(synthetic) > 1}

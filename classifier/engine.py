@@ -1,8 +1,10 @@
 """Train one classifier for a fixed number of optimizer steps, with model selection on val balanced accuracy.
 
 The budget is counted in optimizer steps, not epochs, so every arm trains equally long whatever its data
-(DESIGN.md, Downstream evaluation: fair budget). Training runs in phases (the main phase, and cRT's
-final-layer phase for a two-stage arm), each with its own AdamW and per-step cosine schedule. Every
+(DESIGN.md, Downstream evaluation: fair budget). Training runs in phases (the main phase, and cRT's or
+`synthetic-features`' final-layer phase for a two-stage arm), each with its own AdamW and per-step cosine
+schedule. A phase's data may depend on the model trained so far (its loader is then built when the phase
+starts), and may be the final layer's inputs (pooled features) instead of images. Every
 `eval_every` steps (and after the last) the model is scored on the val split and the best weights are kept
 (the long tail makes plain accuracy a poor selector: it rewards ignoring rare classes). Accelerate picks the
 device and, on CUDA, bf16 autocast; channels_last is used on CUDA as well.
@@ -13,8 +15,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -43,13 +45,19 @@ def make_accelerator(mixed_precision: str = "auto"):
 class Phase:
     """`steps` optimizer steps on batches (images, labels, sample weights) of `loader`, cycled as needed.
 
+    `loader` may be a callable that builds the loader from the model as the previous phases left it.
     `head_only`: only the final layer learns and the backbone stays in eval mode (cRT's second stage).
+    `features`: the batches hold the final layer's inputs (pooled features), fed to it alone; implies head_only.
+    `record`: what the phase reports for the run record (filled by a loader callable), merged into
+    `TrainedModel.record`.
     """
 
-    loader: DataLoader
+    loader: DataLoader | Callable[[nn.Module], DataLoader]
     loss_fn: nn.Module
     steps: int
     head_only: bool = False
+    features: bool = False
+    record: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -62,6 +70,7 @@ class TrainedModel:
     val_balanced_accuracy: float
     optimizer_steps: int
     seconds: float
+    record: dict = field(default_factory=dict)  # the phases' records (e.g. the synthetic features made)
 
 
 def train_classifier(model: nn.Module, phases: list[Phase], val_set: Dataset, cfg: DownstreamConfig, accelerator,
@@ -77,22 +86,28 @@ def train_classifier(model: nn.Module, phases: list[Phase], val_set: Dataset, cf
     best_state, best_step, best_score, step = None, -1, -1.0, 0
     total = sum(phase.steps for phase in phases)
     for phase in phases:
+        head_only = phase.head_only or phase.features
         head = set(map(id, raw.get_classifier().parameters()))
         for p in raw.parameters():
-            p.requires_grad_(not phase.head_only or id(p) in head)
+            p.requires_grad_(not head_only or id(p) in head)
         optimizer = accelerator.prepare(torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad],
                                                           lr=cfg.lr, weight_decay=cfg.weight_decay))
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(phase.steps, 1))
         loss_fn = phase.loss_fn.to(device)
-        batches = _cycle(phase.loader)
+        batches = _cycle(phase.loader(raw) if callable(phase.loader) else phase.loader)
         for _ in range(phase.steps):
             model.train()
-            if phase.head_only:
+            if head_only:
                 raw.eval()
                 raw.get_classifier().train()
-            images, labels, weights = next(batches)
-            images = images.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-            loss = loss_fn(model(images).float(), labels.to(device), weights.to(device))
+            inputs, labels, weights = next(batches)
+            if phase.features:
+                with accelerator.autocast():
+                    logits = raw.get_classifier()(inputs.to(device))
+            else:
+                logits = model(inputs.to(device, memory_format=torch.channels_last if channels_last
+                                         else torch.preserve_format))
+            loss = loss_fn(logits.float(), labels.to(device), weights.to(device))
             if not math.isfinite(loss.item()):
                 raise CapaugError(f"the classifier's loss became {loss.item()} at step {step}; lower the lr")
             optimizer.zero_grad(set_to_none=True)
@@ -110,7 +125,8 @@ def train_classifier(model: nn.Module, phases: list[Phase], val_set: Dataset, cf
         p.requires_grad_(True)
     raw.load_state_dict(best_state)
     accelerator.free_memory()  # drop the accelerator's references to this model and optimizer
-    return TrainedModel(raw.eval(), best_step, best_step / eval_every, best_score, step, time.perf_counter() - start)
+    return TrainedModel(raw.eval(), best_step, best_step / eval_every, best_score, step, time.perf_counter() - start,
+                        {key: value for phase in phases for key, value in phase.record.items()})
 
 
 def _cycle(loader: DataLoader) -> Iterator:
