@@ -115,9 +115,11 @@ def recognition(bundle, samples: Path, split) -> dict[str, float]:
 
 
 def measure_stage(stage: Path, recipe: Recipe, reference: Path, per_class: int) -> dict:
-    """(a) recognition share, (b) FID, (c) downstream gain of one stage folder."""
+    """(a) recognition share, (b) FID, (c) downstream gain of one stage folder, and the wall time of each part
+    (evaluate: the fixed samples, recognition and FID; synthesis: the balanced set; downstream)."""
     split = load_split(stage)
     stats = split.stats(recipe.data)
+    start = time.time()
     samples = eval_samples(stage, recipe, per_class)
     (stage / "eval").mkdir(exist_ok=True)
     shutil.copy(reference, stage / "eval" / REFERENCE)  # one feature space (and +filter classifier) for all stages
@@ -125,9 +127,14 @@ def measure_stage(stage: Path, recipe: Recipe, reference: Path, per_class: int) 
     shares = recognition(bundle, samples, split)
     metrics = evaluate_run(stage, synthetic_dir=samples, downstream=recipe.downstream, data_cfg=recipe.data, cas=False)
     generative = metrics["generative"]
+    seconds = {"evaluate": time.time() - start}
+    start = time.time()
     synthesize(stage / "diffusion" / "model", stage / "synthetic", recipe.synthesize, split=split)
+    seconds["synthesis"] = time.time() - start
+    start = time.time()
     downstream = run_downstream(stage, recipe.downstream, arms=CLASSIC, data_cfg=recipe.data, tune=True,
                                 synth_cfg=recipe.synthesize, on_model=print_progress)
+    seconds["downstream"] = time.time() - start
     verdict = downstream["verdict"]
     summary = {arm: v["summary"]["balanced_accuracy"]["mean"] for arm, v in downstream["arms"].items()}
     return {
@@ -140,6 +147,7 @@ def measure_stage(stage: Path, recipe: Recipe, reference: Path, per_class: int) 
                        "gain": verdict["mean"], "interval95": verdict["interval95"],
                        "bootstrap95": verdict["bootstrap95"], "status": verdict["status"],
                        "balanced_accuracy": summary, "text": verdict["text"]},
+        "seconds_by_part": seconds,
     }
 
 

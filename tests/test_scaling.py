@@ -88,6 +88,9 @@ def test_scaling_curve_end_to_end_and_extended_by_a_rerun(scaling, monkeypatch, 
         down = row["downstream"]
         assert down["chosen"] in ("synthetic", "synthetic+la") and down["baseline"] in ("reweight", "oversample")
         assert down["gain"] == pytest.approx(down["balanced_accuracy"]["tuned"] - down["balanced_accuracy"][down["baseline"]])
+    classic = [{a: r["downstream"]["balanced_accuracy"][a] for a in ("real", "reweight", "oversample")}
+               for r in result["stages"].values()]
+    assert classic[0] == classic[1]  # one baseline for every stage: a seed fixes the classic arms
     assert "| 3 | 48 |" in printed and "| 6 | 96 |" in printed and (out / "scaling.png").stat().st_size > 0
 
     run = out / "run" / "diffusion"
