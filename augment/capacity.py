@@ -135,7 +135,8 @@ def _targeted(unet: nn.Module, targets) -> list[str]:
             if isinstance(m, (nn.Conv2d, nn.Linear)) and any(fnmatch(name, p) for p in group)
         ]
         if not found:
-            raise CapaugError(f"capacity target {target!r} matches no conv or linear layer of the UNet")
+            raise CapaugError(f"capacity target {target!r} matches no conv or linear layer of the "
+                              f"{type(unet).__name__}")
         names += found
     return list(dict.fromkeys(names))
 

@@ -63,7 +63,7 @@ def test_the_cm_denoiser_trains_its_terms_and_folds_to_the_same_function():
 
 def test_bad_capacity_targets_are_one_clear_error():
     features, labels = toy_features()
-    with pytest.raises(CapaugError, match="matches no conv or linear layer"):
+    with pytest.raises(CapaugError, match="matches no conv or linear layer of the FeatureDenoiser"):
         train_denoiser(features, labels, 3, FeatureSynthesisConfig(**SMALL_GENERATOR, targets=["up"]), seed=0)
 
 
@@ -123,6 +123,9 @@ def test_the_arm_trains_exactly_the_budget_and_its_head_phase_moves_only_the_fin
     prior = record["settings"]["logit_adjust"]["prior"]
     effective = [c + 0.5 * g for c, g in zip(counts, generated)]
     assert prior == pytest.approx([e / sum(effective) for e in effective])
+    again = experiment.fit_phases(arm.phases(experiment, seed=0), seed=0)  # the seed decides everything on a CPU
+    assert all(torch.equal(v, again.model.state_dict()[k]) for k, v in trained.model.state_dict().items())
+    assert again.record["feature_synthesis"]["final_loss"] == trained.record["feature_synthesis"]["final_loss"]
 
 
 def test_real_and_synthetic_features_end_to_end_on_digits(tmp_path, monkeypatch):
