@@ -25,7 +25,7 @@ DataArgument = typer.Argument(None, help="Image folder, .npz, .csv or builtin:di
 TrainStepsOption = typer.Option(None, "--steps", help="Diffusion training steps (optimizer steps).")
 MixedPrecisionOption = typer.Option(None, "--mixed-precision", help="auto (bf16 on CUDA), no, bf16, fp16.")
 TargetOption = typer.Option(None, "--target", help="balanced, balanced:N, ratio:R, or a .yaml/.json file class -> count.")
-ArmsOption = typer.Option(None, "--arms", help=escape("Comma list of arms: real, reweight, oversample, synthetic, a --compare name; synthetic settings as BASE+la+filter+crt[w=0.5,share=0.25], e.g. synthetic+la[w=0.5]."))
+ArmsOption = typer.Option(None, "--arms", help=escape("Comma list of arms: real, reweight, oversample, synthetic, a --compare name, synthetic-features (feature-level synthesis, no images needed); synthetic settings as BASE+la+filter+crt[w=0.5,share=0.25], e.g. synthetic+la[w=0.5], synthetic-features+la[head_frac=0.2]."))
 TuneOption = typer.Option(None, "--tune/--no-tune", help="Add the arm `tuned`: the downstream.tune_grid setting with the best mean val score (test read only by it).")
 SeedsOption = typer.Option(None, "--seeds", help="Classifier seeds per arm (0..N-1); default 5 for inputs <= 64 px, else 3.")
 
