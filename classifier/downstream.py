@@ -146,8 +146,13 @@ def run_downstream(
         raise ValueError("tune_sets need synth_cfg, the synthesis settings to make them with")
     split = load_split(run_dir)
     stats = split.stats(data_cfg or DataConfig())
+    judge = None
+    if tune_sets:  # label fidelity of each tune set: the risk of majority-to-minority translation
+        from .reference import reference_for_run
+
+        judge = reference_for_run(run_dir, split, cfg)
     folders = {"synthetic": run_dir / "synthetic", **compare,
-               **make_sets(run_dir, tune_sets, synth_cfg, split, on_synthesis)}
+               **make_sets(run_dir, tune_sets, synth_cfg, split, on_synthesis, label_classifier=judge)}
     experiment = Experiment.prepare(split, cfg)
     prepared, sets = prepare_arms({**{s.name: s for s in specs}, **grid}, folders, run_dir, split, experiment)
     test_set = experiment.dataset(split.test, train=False)

@@ -142,6 +142,14 @@ def tuning_lines(tuning: dict) -> list[str]:
     if tuning["sets"]:
         lines += ["", "Synthesis settings, each a set made from the run's model: "
                   + ", ".join(f"`{s['name']}` ({s['folder']})" for s in tuning["sets"]) + "."]
+        fidelity = {s["name"]: s.get("label_fidelity") or {} for s in tuning["sets"]}
+        classes = list(dict.fromkeys(c for rates in fidelity.values() for c in rates))
+        if classes:
+            lines += ["", "Label fidelity: share of each set's images the reference classifier assigns to the "
+                      "class they were made for.", "",
+                      "| set | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
+            lines += [f"| `{name}` | " + " | ".join(f"{rates[c]:.2f}" if c in rates else "" for c in classes) + " |"
+                      for name, rates in fidelity.items()]
     lines += ["", "| setting | val balanced acc. | chosen |", "|---|---:|:-:|"]
     for row in tuning["grid"]:
         lines.append(f"| `{row['spec']}` | {plus_minus(row['val_balanced_accuracy'])} | "

@@ -16,6 +16,7 @@ grid setting on `synthetic` (`minority@0.5:synthetic+la`); settings on a `--comp
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -113,8 +114,9 @@ def grid_members(grid: list[ArmSpec], sets: list[TuneSet]) -> dict[str, ArmSpec]
 
 
 def make_sets(run_dir: Path, sets: list[TuneSet], synth_cfg: SynthesisConfig, split,
-              on_synthesis: Optional[Callable[[str, int, int], None]] = None) -> dict[str, Path]:
-    """Make (or complete, or reuse) each set from `RUN/diffusion/model`; set name -> its folder."""
+              on_synthesis: Optional[Callable[[str, int, int], None]] = None, label_classifier=None) -> dict[str, Path]:
+    """Make (or complete, or reuse) each set from `RUN/diffusion/model`; set name -> its folder. With
+    `label_classifier` (the reference classifier) each set's plan.json reports its label fidelity per class."""
     from capaug.augment.synthesize import synthesize
 
     folders = {}
@@ -123,7 +125,7 @@ def make_sets(run_dir: Path, sets: list[TuneSet], synth_cfg: SynthesisConfig, sp
         progress = (lambda name, done, total, prefix=tune_set.name: on_synthesis(f"{prefix} {name}", done, total)
                     ) if on_synthesis else None
         synthesize(run_dir / "diffusion" / "model", out, tune_set.config(synth_cfg), split=split,
-                   on_progress=progress)
+                   label_classifier=label_classifier, on_progress=progress)
         folders[tune_set.name] = out
     return folders
 
@@ -161,8 +163,17 @@ def tuning_record(scores: dict[str, list[float]], chosen: str, grid: dict[str, A
             "chosen_setting": chosen_row["setting"], "selector": SELECTOR.format(seeds=scored),
             "tune_seeds": tune_seeds, "seeds": seeds,
             "sets": [{"name": s.name, "source": s.source, "strength": list(s.strength) or None,
-                      "folder": str(folders[s.name])} for s in sets],
+                      "folder": str(folders[s.name]), **set_diagnostics(folders[s.name])} for s in sets],
             "grid": rows}
+
+
+def set_diagnostics(folder: Path) -> dict:
+    """A set's label fidelity (share of its images the reference classifier assigns to the class they were made
+    for) and its audit (distances to training and source images) per class, from its plan.json."""
+    plan = json.loads((folder / "plan.json").read_text())
+    fidelity = (plan.get("label_fidelity") or {}).get("classes") or {}
+    return {"label_fidelity": {name: row["rate"] for name, row in fidelity.items()} or None,
+            "audit": plan.get("audit")}
 
 
 def best(scores: dict[str, list[float]]) -> str:

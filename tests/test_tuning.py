@@ -141,8 +141,15 @@ def test_tune_sets_make_each_set_once_choose_on_val_and_record_the_set(model_run
     assert result["arms"]["tuned"]["synthetic_set"] == tuning["chosen_set"]
     assert result["arms"]["tuned"]["spec"] == chosen and chosen in result["verdict"]["text"]
     assert {"noise", "minority@0.5"} <= set(result["synthetic_sets"])
-    assert planned == watch["trained"] == 2 * 2 + 4 * 1 + 1 and watch["tested"] == 2 * 2 + 2
-    assert chosen in (model_run / "downstream" / "report.md").read_text()
+    # + 1: the reference classifier (RUN/eval) that judges each set's label fidelity, trained once
+    assert planned + 1 == watch["trained"] == 2 * 2 + 4 * 1 + 1 + 1 and watch["tested"] == 2 * 2 + 2
+    report = (model_run / "downstream" / "report.md").read_text()
+    assert chosen in report and "Label fidelity" in report
+    for tune_set in tuning["sets"]:  # judged by the reference classifier, per class made
+        plan = json.loads((Path(tune_set["folder"]) / "plan.json").read_text())
+        made_classes = {c["name"] for c in plan["classes"] if c["generate"]}
+        assert set(tune_set["label_fidelity"]) == made_classes
+        assert all(0 <= rate <= 1 for rate in tune_set["label_fidelity"].values())
 
     made.clear()  # a second call reuses the sets
     again = downstream_module.make_sets(model_run, parse_tune_sets(["minority@0.5", "noise"]), SYNTH,
