@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -13,8 +14,17 @@ from rich.markup import escape  # help text is rich markup; arm specs have [brac
 from capaug.augment.config import Recipe
 from capaug.recipes import load_recipe, parse_assignment
 
-console = Console()
-err_console = Console(stderr=True)
+LOG_WIDTH = 160  # a log file has no terminal width; rich's default of 80 would crop the arms table
+
+
+def _console(stderr: bool = False) -> Console:
+    """A terminal gets its own width; redirected output (a log, a pipe) gets LOG_WIDTH columns."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else LOG_WIDTH)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 DEFAULT_RECIPE = "quickstart"
 RecipeOption = typer.Option(None, "--recipe", "-r", help="Recipe name (see `capaug recipes`) or a .yaml file (default: the run's recipe, RUN/recipe.yaml; a new run: quickstart).")

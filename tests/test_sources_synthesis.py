@@ -1,6 +1,5 @@
 """Real-anchored synthesis (`--source minority|majority --strength`): SDEdit limits, source choice, resume, CLI."""
 
-import csv
 import json
 
 import numpy as np
@@ -16,6 +15,7 @@ from capaug.augment.model_io import ModelInfo, save_diffusion_model
 from capaug.augment.sampling import denoising_steps, generate
 from capaug.augment.split import prepare_split
 from capaug.augment.synthesize import MANIFEST_COLUMNS, image_seed, synthesize
+from test_synthesize import model, pngs, read_csv
 
 IMAGES_PER_CLASS = {"big": 12, "mid": 6, "rare": 4}
 FAST = {"sampler": "ddim", "steps": 4, "batch_size": 3}
@@ -47,21 +47,8 @@ def run(tmp_path_factory):
     return run, split
 
 
-def model(run):
-    return run[0] / "diffusion" / "model"
-
-
 def cfg(**kw):
     return SynthesisConfig(**{**FAST, **kw})
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def pngs(out):
-    return {p.relative_to(out).as_posix(): np.asarray(Image.open(p)) for p in sorted(out.glob("*/*.png"))}
 
 
 def interrupted_then_resumed(run, out, config):

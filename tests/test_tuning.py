@@ -18,19 +18,12 @@ from capaug.classifier.experiment import Experiment
 from capaug.classifier.tuning import parse_tune_sets
 from capaug.cli.app import main
 
-from test_classifier_downstream import write_synthetic
+from test_classifier_arms import run  # noqa: F401 (the pytest fixture: a tiny split with a synthetic set)
 
 COUNTS = {"big": 16, "mid": 8, "rare": 6}
 TINY = dict(model="resnet10t", image_size=16, epochs=1, batch_size=8, bootstrap=20)
 
 
-@pytest.fixture
-def run(tmp_path, make_tree, make_images):
-    data = make_tree(tmp_path / "data", COUNTS, mode="L")
-    run = tmp_path / "run"
-    split = prepare_split(str(data), run, DataConfig())
-    write_synthetic(run / "synthetic", make_images, split, {"mid": 4, "rare": 6}, seed=50)
-    return run
 
 
 @pytest.fixture
