@@ -167,14 +167,21 @@ def test_ctrl_c_says_where_the_last_checkpoint_is_and_exits_130(tmp_path):
     sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={json.dumps(v)}")]
     cmd = [sys.executable, "-m", "capaug.cli", "train", "builtin:digits-lt", "--run", str(run), *sets,
            "--steps", "10000", "--checkpoint-every", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # PYTHONFAULTHANDLER: if it ever hangs after Ctrl-C, SIGABRT makes it print every thread's stack
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     deadline = time.time() + 240
     while not (run / "diffusion" / "checkpoints" / "step-2").exists():
         assert proc.poll() is None, proc.stderr.read()
         assert time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate()
+        pytest.fail(f"still running 300 s after Ctrl-C; its stacks:\n{err[-6000:]}")
     assert proc.returncode == 130, err
     assert "interrupted: the last checkpoint is" in " ".join(err.split())
     assert f"capaug train --run {run} --resume" in err.replace("\n", "")
