@@ -222,8 +222,9 @@ def downstream_arm(run: str, setting: str) -> str:
 def print_progress(arm: str, seed: int, info: dict) -> None:
     """One line per downstream classifier, so a long comparison is not silent."""
     test = f" test {info['balanced_accuracy']:.3f}" if "balanced_accuracy" in info else ""  # a tuning-grid model: val only
+    cached = " (cached)" if info.get("cached") else ""  # its result came from the model cache
     print(f"downstream {info['done']}/{info['total']}: {arm} seed {seed}, balanced accuracy val "
-          f"{info['val_balanced_accuracy']:.3f}{test}", flush=True)
+          f"{info['val_balanced_accuracy']:.3f}{test}{cached}", flush=True)
 
 
 def default_cache() -> Path:

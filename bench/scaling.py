@@ -11,7 +11,9 @@ OUT/stage-<steps>/ (the run's model folder is overwritten when the next stage en
   (b) FID per class, group and overall in that classifier's features (`evaluate_run` on the same samples);
   (c) downstream gain: `run_downstream` with tune=True on the stage's balanced synthetic set beside real,
       reweight and oversample: the setting chosen on val from `downstream.tune_grid` (set the grid with --set)
-      against the best classic arm, with its paired 95% t-interval over seeds and test-image bootstrap.
+      against the best classic arm, with its paired 95% t-interval over seeds and test-image bootstrap. Every
+      stage shares one model cache, OUT/classifier-cache/ (classifier/model_cache.py): the classic arms read no
+      synthetic image, so they train at the first stage only and every later stage reuses their results.
 
 After each stage OUT/scaling.csv, OUT/scaling.json and OUT/scaling.png (gain with its interval, recognition share
 and FID against images seen = steps x batch size) are rewritten and the table printed. A rerun reads the stages
@@ -114,9 +116,10 @@ def recognition(bundle, samples: Path, split) -> dict[str, float]:
             if (labels == k).any()}
 
 
-def measure_stage(stage: Path, recipe: Recipe, reference: Path, per_class: int) -> dict:
+def measure_stage(stage: Path, recipe: Recipe, reference: Path, per_class: int, model_cache: Path) -> dict:
     """(a) recognition share, (b) FID, (c) downstream gain of one stage folder, and the wall time of each part
-    (evaluate: the fixed samples, recognition and FID; synthesis: the balanced set; downstream)."""
+    (evaluate: the fixed samples, recognition and FID; synthesis: the balanced set; downstream, whose classifiers'
+    results are kept in `model_cache`, shared by the stages)."""
     split = load_split(stage)
     stats = split.stats(recipe.data)
     start = time.time()
@@ -133,7 +136,7 @@ def measure_stage(stage: Path, recipe: Recipe, reference: Path, per_class: int) 
     seconds["synthesis"] = time.time() - start
     start = time.time()
     downstream = run_downstream(stage, recipe.downstream, arms=CLASSIC, data_cfg=recipe.data, tune=True,
-                                synth_cfg=recipe.synthesize, on_model=print_progress)
+                                synth_cfg=recipe.synthesize, on_model=print_progress, model_cache=model_cache)
     seconds["downstream"] = time.time() - start
     verdict = downstream["verdict"]
     summary = {arm: v["summary"]["balanced_accuracy"]["mean"] for arm, v in downstream["arms"].items()}
@@ -245,7 +248,7 @@ def run_scaling(args) -> dict:
         snapshot(run, stage, steps)
         reference = run / "eval" / REFERENCE
         reference_for_run(run, load_split(run), recipe.downstream)  # trained once, on the real training split
-        row = measure_stage(stage, recipe, reference, args.per_class)
+        row = measure_stage(stage, recipe, reference, args.per_class, out / "classifier-cache")
         result["stages"][str(steps)] = {"steps": steps, "images_seen": steps * recipe.train.batch_size,
                                         "train_seconds": train_seconds, "seconds": time.time() - start, **row}
         write_results(out, result)

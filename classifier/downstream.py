@@ -5,7 +5,7 @@ and synthetic settings such as `synthetic+la+filter[w=0.5]`). All share the mode
 budget, batch size and seeds (`arm_plan.py`). With `tune`, the synthetic settings of `cfg.tune_grid` (crossed
 with `cfg.tune_sets`, synthetic sets made from the run's model) are scored on the val split only over the first
 `cfg.tune_seeds` seeds; the best becomes the arm `tuned`, trains every seed, and only its models read the test
-split (tuning.py).
+split (tuning.py). Each finished model's result is cached (model_cache.py), so a rerun trains only what it lacks.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .engine import predict
 from .experiment import Experiment, input_size, seed_count
 from .filtering import apply_band, score_synthetic
 from .metrics import SCALARS, model_metrics, paired_differences, summarize_arm
+from .model_cache import FOLDER, Entry, ModelCache, model_key, run_context
 from .report import write_outputs
 from .stats import bootstrap_interval
 from .tuning import (NamedArm, TuneSet, best, grid_members, make_sets, parse_tune_sets, planned_count,
@@ -129,6 +130,8 @@ def run_downstream(
     tune: Optional[bool] = None,
     synth_cfg: Optional[SynthesisConfig] = None,
     on_synthesis: Optional[Callable[[str, int, int], None]] = None,
+    model_cache: Optional[str | Path] = None,
+    reuse_models: bool = True,
 ) -> dict:
     """Run the arms x seeds on `RUN/split.json`, write `RUN/downstream/` and return the `metrics.json` content.
 
@@ -136,8 +139,10 @@ def run_downstream(
     folder) adds an arm; `tune` (default `cfg.tune`) adds the arm `tuned`, chosen from `cfg.tune_grid` (x
     `cfg.tune_sets`, made with `synth_cfg`, the recipe's synthesis settings) on val. `data_cfg` gives the
     Many/Medium/Few thresholds; `on_model(arm, seed, info)` reports progress after each model (`info`: its val
-    score, test metrics when it was tested, `done` and `total`); `on_synthesis(name, done, total)` while a
-    tune set is made.
+    score, test metrics when it was tested, `done`, `total`, and `cached` when its result came from the cache);
+    `on_synthesis(name, done, total)` while a tune set is made. Finished models' results are kept in
+    `model_cache` (default `RUN/downstream-models/`; several runs may share one) and reused unless `reuse_models`
+    is False (then every model trains again and its result is stored anew).
     """
     run_dir = Path(run_dir)
     compare = dict(compare or {})
@@ -145,6 +150,8 @@ def run_downstream(
     if tune_sets and synth_cfg is None:
         raise ValueError("tune_sets need synth_cfg, the synthesis settings to make them with")
     split = load_split(run_dir)
+    cache = ModelCache(Path(model_cache) if model_cache is not None else run_dir / FOLDER, split.source.get("path"),
+                       reuse_models)
     stats = split.stats(data_cfg or DataConfig())
     judge = None
     if tune_sets:  # label fidelity of each tune set: the risk of majority-to-minority translation
@@ -162,28 +169,46 @@ def run_downstream(
     total = planned_count(reported, list(grid), seeds, tune_seeds)
     runs: dict[str, list[dict]] = {name: [] for name in reported}
     correct: dict[tuple[str, int], np.ndarray] = {}
+    context = run_context(run_dir, cfg, experiment, stats.groups)
 
-    def train(arm: PreparedArm, seed: int):
-        trained = experiment.fit_phases(arm.phases(experiment, seed), seed)
-        return trained, {"arm": arm.name, "seed": seed, "optimizer_steps": trained.optimizer_steps,
-                         "best_step": trained.best_step, "best_epoch": trained.best_epoch,
-                         "val_balanced_accuracy": trained.val_balanced_accuracy, "seconds": trained.seconds,
-                         **trained.record}
-
-    def test(name: str, seed: int, trained, record: dict) -> dict:
-        probs, labels = predict(trained.model, test_set, cfg, experiment.accelerator)
-        correct[name, seed] = probs.argmax(1) == labels
-        run = {**record, "arm": name, **model_metrics(labels, probs, stats.groups)}
+    def add(name: str, seed: int, record: dict, entry: Entry) -> dict:
+        """Record a tested model's run as arm `name`."""
+        correct[name, seed] = entry.correct
+        run = {**record, "arm": name, **entry.metrics}
         runs.setdefault(name, []).append(run)
         return run
 
+    def train(arm: PreparedArm, seed: int, test_as: Optional[str]) -> tuple[dict, Optional[tuple], bool]:
+        """`arm`'s model of `seed`, tested as arm `test_as` unless None: (its run, or its record when untested;
+        (model, record, key) of an untested model trained here, else None; whether the result was cached)."""
+        key = model_key(context, arm, experiment, seed)
+        entry = cache.load(key, len(test_set))
+        if entry and (test_as is None or entry.tested):
+            record = {**entry.record, "arm": arm.name}
+            return (record if test_as is None else add(test_as, seed, record, entry)), None, True
+        trained = experiment.fit_phases(arm.phases(experiment, seed), seed)
+        record = {"arm": arm.name, "seed": seed, "optimizer_steps": trained.optimizer_steps,
+                  "best_step": trained.best_step, "best_epoch": trained.best_epoch,
+                  "val_balanced_accuracy": trained.val_balanced_accuracy, "seconds": trained.seconds,
+                  **trained.record}
+        if test_as is None:
+            cache.store(key, Entry(record))
+            return record, (trained, record, key), False
+        return test(test_as, seed, trained, record, key), None, False
+
+    def test(name: str, seed: int, trained, record: dict, key: str) -> dict:
+        probs, labels = predict(trained.model, test_set, cfg, experiment.accelerator)
+        entry = Entry(record, model_metrics(labels, probs, stats.groups), probs.argmax(1) == labels)
+        cache.store(key, entry)
+        return add(name, seed, record, entry)
+
     done = 0
 
-    def report(name: str, seed: int, run: dict) -> None:
+    def report(name: str, seed: int, run: dict, cached: bool) -> None:
         nonlocal done
         done += 1
         if on_model:
-            on_model(name, seed, {**run, "done": done, "total": total})
+            on_model(name, seed, {**run, **({"cached": True} if cached else {}), "done": done, "total": total})
 
     tuning, kept = None, {}
     if grid:  # val only, first tune_seeds seeds: a grid member reads the test split only as a listed arm
@@ -191,14 +216,11 @@ def run_downstream(
         for name in grid:
             models[name] = {}
             for seed in range(tune_seeds):
-                trained, record = train(prepared[name], seed)
-                if name in reported:
-                    run = test(name, seed, trained, record)
-                else:
-                    models[name][seed] = (trained, record)
-                    run = record
-                scores.setdefault(name, []).append(trained.val_balanced_accuracy)
-                report(name, seed, run)
+                run, untested, cached = train(prepared[name], seed, name if name in reported else None)
+                if untested:
+                    models[name][seed] = untested
+                scores.setdefault(name, []).append(run["val_balanced_accuracy"])
+                report(name, seed, run, cached)
             leader = best(scores)
             models = {leader: models[leader]}  # only the leader's untested models stay in memory
         chosen = best(scores)
@@ -208,8 +230,8 @@ def run_downstream(
         tuning = tuning_record(scores, chosen, grid, tune_seeds, seeds, tune_sets, folders)
     for name in reported:  # a listed grid member keeps its tuning-seed models
         for seed in range(len(runs[name]), seeds):
-            trained, record = train(prepared[name], seed)
-            report(name, seed, test(name, seed, trained, record))
+            run, _, cached = train(prepared[name], seed, name)
+            report(name, seed, run, cached)
     if tuning:
         chosen = tuning["chosen"]
         for seed in range(seeds):
@@ -218,9 +240,10 @@ def run_downstream(
                 correct[TUNED, seed] = correct[chosen, seed]
             elif seed in kept:
                 test(TUNED, seed, *kept[seed])
-            else:
-                trained, record = train(prepared[chosen], seed)
-                report(TUNED, seed, test(TUNED, seed, trained, record))
+            else:  # a cached grid model without a test result trains again; the grid reported it already
+                run, _, cached = train(prepared[chosen], seed, TUNED)
+                if seed >= tune_seeds:
+                    report(TUNED, seed, run, cached)
 
     plan = {name: prepared[name] for name in reported}
     if tuning:

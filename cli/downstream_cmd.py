@@ -39,6 +39,7 @@ def downstream(
     lr: Optional[float] = typer.Option(None, help="AdamW learning rate (cosine schedule)."),
     reweight: Optional[str] = typer.Option(None, help="Loss of the reweight arm: class-balanced or logit-adjusted."),
     mixed_precision: Optional[str] = MixedPrecisionOption,
+    no_cache: bool = typer.Option(False, "--no-cache", help="Train every model again instead of reusing finished models' results from RUN/downstream-models/ (still stores the new results)."),
     report_to: str = typer.Option("none", "--report-to", help="Experiment tracker for every model's metrics: none, tensorboard, mlflow or wandb (logs under RUN/tracking/)."),
     sets: Optional[list[str]] = SetOption,
 ) -> None:
@@ -66,7 +67,8 @@ def downstream(
             log(tracking.scalars({k: v for k, v in info.items() if k not in ("done", "total")}, f"{arm}/"), seed)
 
         result = run_downstream(run, cfg.downstream, parse_compare(compare), chosen, data_cfg=cfg.data,
-                                on_model=on_model, synth_cfg=cfg.synthesize, on_synthesis=progress.on_synthesis)
+                                on_model=on_model, synth_cfg=cfg.synthesize, on_synthesis=progress.on_synthesis,
+                                reuse_models=not no_cache)
     print_summary(result, run)
 
 

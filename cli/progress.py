@@ -187,6 +187,8 @@ class Progress:
 
 
 def model_line(arm: str, seed: int, info: dict) -> str:
-    """`ARM seed S: val bal. acc. 0.812, test 0.790`; a tuning-grid model has no test score."""
+    """`ARM seed S: val bal. acc. 0.812, test 0.790`; a tuning-grid model has no test score; `(cached)`: its
+    result came from the model cache, nothing was trained."""
     test = f", test {info['balanced_accuracy']:.3f}" if "balanced_accuracy" in info else " (tuning: val only)"
-    return f"{arm} seed {seed}: val bal. acc. {info['val_balanced_accuracy']:.3f}{test}"
+    cached = " (cached)" if info.get("cached") else ""
+    return f"{arm} seed {seed}: val bal. acc. {info['val_balanced_accuracy']:.3f}{test}{cached}"

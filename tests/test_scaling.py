@@ -76,6 +76,8 @@ def test_scaling_curve_end_to_end_and_extended_by_a_rerun(scaling, monkeypatch, 
     run_script(scaling, monkeypatch, out, "3,6")
     printed = capsys.readouterr().out
     assert len(re.findall(r"^downstream \d+/5: ", printed, re.M)) == 5  # stage 6's classifiers only
+    cached = re.findall(r"^downstream \d+/5: (\S+) seed 0.*\(cached\)$", printed, re.M)
+    assert cached == ["real", "reweight", "oversample"]  # trained at stage 3 only (OUT/classifier-cache)
 
     result = json.loads((out / "scaling.json").read_text())
     assert list(result["stages"]) == ["3", "6"] and result["stages"]["3"] == stage3  # read back, not measured again
@@ -90,7 +92,7 @@ def test_scaling_curve_end_to_end_and_extended_by_a_rerun(scaling, monkeypatch, 
         assert down["gain"] == pytest.approx(down["balanced_accuracy"]["tuned"] - down["balanced_accuracy"][down["baseline"]])
     classic = [{a: r["downstream"]["balanced_accuracy"][a] for a in ("real", "reweight", "oversample")}
                for r in result["stages"].values()]
-    assert classic[0] == classic[1]  # one baseline for every stage: a seed fixes the classic arms
+    assert classic[0] == classic[1]  # one baseline for every stage: the classic arms' cached results
     assert "| 3 | 48 |" in printed and "| 6 | 96 |" in printed and (out / "scaling.png").stat().st_size > 0
 
     run = out / "run" / "diffusion"
