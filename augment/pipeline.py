@@ -29,6 +29,12 @@ RECIPE_FILE = "recipe.yaml"
 TRAINING_SECTIONS = ("train", "data")  # recorded in RUN/diffusion/config.yaml only: the copy a resume checks
 
 
+def data_spec(data: Optional[str], run_dir: Path, recipe: Recipe) -> Optional[str]:
+    """The data a command trains on: DATA if given, else the run's own split (None) once it has one; a recipe's
+    dataset is only a new run's default, so resuming a run never needs DATA repeated."""
+    return data or (None if (Path(run_dir) / "split.json").is_file() else recipe.dataset)
+
+
 @locks_run("train", data=lambda args: args["data"] or args["recipe"].dataset)
 def run_training(
     data: Optional[str],
@@ -53,7 +59,7 @@ def run_training(
     saved = run_dir / "diffusion" / "config.yaml"
     if resume and from_pretrained is None and saved.is_file():
         from_pretrained = yaml.safe_load(saved.read_text()).get("from_pretrained")
-    spec = data or recipe.dataset
+    spec = data_spec(data, run_dir, recipe)
     if spec is None and not (run_dir / "split.json").is_file():
         raise CapaugError("no data given: pass DATA (a folder, .npz, .csv or builtin:digits-lt) or a recipe with a dataset")
     split = prepare_split(spec, run_dir, recipe.data)
@@ -253,7 +259,7 @@ def _check_finished_run(data: Optional[str], run_dir: Path, recipe: Recipe, step
     """A finished model is reused only for the same data and settings a resume would accept; -> the run's split."""
     from .resume import recorded_settings, resume_changes, saved_settings
 
-    split = prepare_split(data or recipe.dataset, run_dir, recipe.data, check=False)  # refuses other data
+    split = prepare_split(data_spec(data, run_dir, recipe), run_dir, recipe.data, check=False)  # refuses other data
     saved = yaml.safe_load((run_dir / "diffusion" / "config.yaml").read_text())
     run = {key: saved.get(key) for key in ("split_hash", "from_pretrained")}
     try:

@@ -48,14 +48,14 @@ def run_all(data: Optional[str], run: Path, recipe, *, origin: Optional[str], ev
             json_output: bool = False, title: str = "capaug run") -> None:
     """`run_pipeline` with progress, the stages' summaries, and the `--json` object (`capaug quickstart` too);
     `origin`: the --recipe that `recipe` came from, recorded in RUN/recipe.yaml."""
-    from capaug.augment.pipeline import run_pipeline
+    from capaug.augment.pipeline import data_spec, run_pipeline
     from capaug.classifier.downstream import plan_specs
 
     from .downstream_cmd import print_summary
 
     plan_specs(recipe.downstream, None, {}, recipe.downstream.tune)  # bad arm specs fail before training
     with human_output_on_stderr(json_output):
-        console.rule(f"{title}: {data or recipe.dataset or 'the run split'} -> {run}")
+        console.rule(f"{title}: {data_spec(data, run, recipe) or 'the run split'} -> {run}")
         with Progress() as progress:
             result = run_pipeline(
                 data, run, recipe, evaluate=evaluate, origin=origin,

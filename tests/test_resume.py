@@ -86,6 +86,16 @@ def test_resume_refuses_changes_that_make_another_experiment(tmp_path):
     assert [e["event"] for e in history(run)] == ["start"]  # nothing was recorded by the refused resumes
 
 
+def test_a_run_without_data_resumes_on_its_own_split_whatever_the_recipes_dataset(tmp_path, lt_folder):
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        run_training(str(lt_folder), run, tiny(**{"train.steps": 5}), callback=kill_after(4))
+    assert tiny().dataset == "builtin:digits-lt"  # the recipe names another dataset: it must not be used
+    assert run_training(None, run, tiny(**{"train.steps": 5}), resume=True).step == 5
+    with pytest.raises(CapaugError, match="mismatched split"):  # a dataset given explicitly is still checked
+        run_training("builtin:digits-lt", run, tiny(**{"train.steps": 6}), resume=True)
+
+
 def test_resumed_recipe_is_the_run_settings_plus_the_given_overrides(tmp_path):
     run = tmp_path / "run"
     assert resumed_recipe(run, {}) is None
