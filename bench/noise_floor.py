@@ -29,7 +29,7 @@ from capaug.augment.split import prepare_split
 from capaug.classifier.downstream import run_downstream
 from capaug.recipes import load_recipe, parse_assignment
 
-from protocol import add_preset_options, apply_preset, print_progress
+from protocol import add_data_options, apply_preset, print_progress
 
 CLASSIC = ["real", "reweight", "oversample"]
 METRIC = "balanced_accuracy"
@@ -99,13 +99,10 @@ def _f(x, spec: str, missing: str = "-") -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", help="data spec (default: the recipe's dataset)")
-    parser.add_argument("--recipe", help="recipe name or file (default: quickstart)")
     parser.add_argument("--seeds", type=int, default=10, help="classifier seeds S (default 10)")
     parser.add_argument("--target", type=float, default=0.01, help="the half-width to reach (default 0.01)")
     parser.add_argument("--out", required=True, help="a new run folder (its split.json is made here)")
-    parser.add_argument("--set", action="append", help="recipe override KEY=VALUE (repeatable)")
-    add_preset_options(parser)
+    add_data_options(parser)
     args = parser.parse_args()
     apply_preset(args, parser)
     if args.seeds < 2:

@@ -262,8 +262,11 @@ def long_tailed_cifar10(tar: Path, cache: Path, ratio: float = 100, head: int = 
     return out
 
 
-def add_preset_options(parser: argparse.ArgumentParser) -> None:
-    """The options of `--preset` (shared by protocol.py, noise_floor.py and scaling.py)."""
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """--data, --recipe, --set and the options of `--preset` (shared by protocol.py, noise_floor.py and scaling.py)."""
+    parser.add_argument("--data", help="data spec (default: the recipe's dataset)")
+    parser.add_argument("--recipe", help="recipe name or file (default: quickstart)")
+    parser.add_argument("--set", action="append", help="recipe override KEY=VALUE (repeatable)")
     parser.add_argument("--preset", choices=PRESETS,
                         help="fill in --data, --recipe and the settings of a fixed benchmark (README.md)")
     parser.add_argument("--size", type=int, choices=(16, 32), default=16, help="--preset: image size in px")
@@ -386,8 +389,6 @@ def table(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", help="data spec (default: the recipe's dataset)")
-    parser.add_argument("--recipe", help="recipe name or file (default: quickstart)")
     parser.add_argument("--steps", type=int, required=True, help="training steps per method (the budget)")
     parser.add_argument("--methods", default="plain,cm", type=lambda s: s.split(","),
                         help=f"comma list of {', '.join(METHODS)}, each optionally with @KEY=VALUE or @min_snr")
@@ -402,8 +403,7 @@ def main() -> None:
                         help="with --no-downstream: train and score only these runs (e.g. cm-seed1), so two "
                              "commands on one OUT can share the generators")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--set", action="append", help="recipe override KEY=VALUE (repeatable)")
-    add_preset_options(parser)
+    add_data_options(parser)
     args = parser.parse_args()
     apply_preset(args, parser)
     if args.gen_seeds < 1:

@@ -50,7 +50,7 @@ from capaug.classifier.downstream import run_downstream
 from capaug.classifier.reference import REFERENCE, reference_for_run
 from capaug.recipes import load_recipe, parse_assignment
 
-from protocol import GROUPS, add_preset_options, apply_preset, eval_samples, print_progress
+from protocol import GROUPS, add_data_options, apply_preset, eval_samples, print_progress
 
 DEFAULT_STAGES = "250,500,1000,2000,4000,8000"
 CLASSIC = ["real", "reweight", "oversample"]
@@ -258,14 +258,11 @@ def run_scaling(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", help="data spec (default: the recipe's dataset)")
-    parser.add_argument("--recipe", help="recipe name or file (default: quickstart)")
     parser.add_argument("--stages", default=DEFAULT_STAGES, help=f"comma list of step counts (default {DEFAULT_STAGES})")
     parser.add_argument("--per-class", type=int, default=100,
                         help="fresh samples per class for the recognition share and FID (default 100)")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--set", action="append", help="recipe override KEY=VALUE (repeatable)")
-    add_preset_options(parser)
+    add_data_options(parser)
     args = parser.parse_args()
     apply_preset(args, parser)
     try:

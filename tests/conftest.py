@@ -48,12 +48,18 @@ def one_thread():
 
 
 def load_bench_script(name: str):
-    """Import `bench/<name>.py` as a module (bench/ is not a package)."""
+    """Import `bench/<name>.py` as a module (bench/ is not a package; its scripts import their neighbours)."""
     import importlib.util
+    import sys
 
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(bench))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench))
     return module
 
 

@@ -1,24 +1,17 @@
 """bench/noise_floor.py: the seeds a half-width needs, and the figures of a tiny classic-arms run on digits."""
 
 import json
-import statistics
 import sys
-from pathlib import Path
+import statistics
 
 import pytest
 
 from conftest import load_bench_script
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
 
 @pytest.fixture(scope="module")
 def noise_floor():
-    sys.path.insert(0, str(BENCH))  # noise_floor.py imports protocol.py, its neighbour
-    try:
-        yield load_bench_script("noise_floor")
-    finally:
-        sys.path.remove(str(BENCH))
+    return load_bench_script("noise_floor")
 
 
 @pytest.mark.parametrize("sd", [0.004, 0.02, 0.05])

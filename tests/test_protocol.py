@@ -137,10 +137,7 @@ def test_preset_fills_in_data_recipe_and_settings(protocol, monkeypatch, tmp_pat
     from capaug.recipes import load_recipe, parse_assignment
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--data")
-    parser.add_argument("--recipe")
-    parser.add_argument("--set", action="append")
-    protocol.add_preset_options(parser)
+    protocol.add_data_options(parser)
     made = []
     monkeypatch.setattr(protocol, "long_tailed_cifar10", lambda tar, cache: made.append(cache) or tmp_path / "lt")
     args = parser.parse_args(["--preset", "cifar10-lt-small", "--size", "32", "--cache", str(tmp_path / "c"),

@@ -15,7 +15,6 @@ from capaug.augment.pipeline import run_training
 from capaug.recipes import load_recipe
 from conftest import load_bench_script
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 TINY = ["train.image_size=16", "train.unet.block_out_channels=[16, 32]", "train.unet.norm_num_groups=4",
         "train.batch_size=16", "train.warmup_steps=0", "train.log_every=1", "train.sample_every=1000",
         "train.checkpoint_every=1000", "synthesize.steps=2", "downstream.epochs=1", "downstream.seeds=1",
@@ -24,11 +23,7 @@ TINY = ["train.image_size=16", "train.unet.block_out_channels=[16, 32]", "train.
 
 @pytest.fixture(scope="module")
 def scaling():
-    sys.path.insert(0, str(BENCH))  # scaling.py imports protocol.py, its neighbour
-    try:
-        yield load_bench_script("scaling")
-    finally:
-        sys.path.remove(str(BENCH))
+    return load_bench_script("scaling")
 
 
 def test_stages_are_increasing_step_counts(scaling):

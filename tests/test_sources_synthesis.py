@@ -4,47 +4,24 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler
 from PIL import Image
 
 from capaug.augment.anchors import Anchors
-from capaug.augment.config import DataConfig, SynthesisConfig
+from capaug.augment.config import SynthesisConfig
 from capaug.augment.errors import CapaugError
-from capaug.augment.model_io import ModelInfo, save_diffusion_model
 from capaug.augment.sampling import denoising_steps, generate
-from capaug.augment.split import prepare_split
 from capaug.augment.synthesize import MANIFEST_COLUMNS, image_seed, synthesize
-from test_synthesize import model, pngs, read_csv
+from conftest import LONG_TAIL
+from test_synthesize import make_run, model, pngs, read_csv, tiny_unet
 
-IMAGES_PER_CLASS = {"big": 12, "mid": 6, "rare": 4}
 FAST = {"sampler": "ddim", "steps": 4, "batch_size": 3}
-K = len(IMAGES_PER_CLASS)
-
-
-def tiny_unet(sample_size=16):
-    torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=sample_size, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4, num_class_embeds=K + 1,
-    ).eval()
+K = len(LONG_TAIL)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """RUN/split.json from a 16x16 long-tailed folder and RUN/diffusion/model/ with a random UNet."""
-    root = tmp_path_factory.mktemp("anchored")
-    data, run = root / "data", root / "run"
-    rng = np.random.default_rng(0)
-    for name, n in IMAGES_PER_CLASS.items():
-        (data / name).mkdir(parents=True)
-        for i in range(n):
-            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(data / name / f"{i}.png")
-    split = prepare_split(str(data), run, DataConfig())
-    info = ModelInfo(classes=split.classes, train_counts=split.counts(), split_hash=split.hash, image_size=16, channels=3)
-    save_diffusion_model(tiny_unet(), DDPMScheduler(num_train_timesteps=100), info, run / "diffusion" / "model")
-    return run, split
+    return make_run(tmp_path_factory.mktemp("anchored"))
 
 
 def cfg(**kw):
@@ -67,7 +44,7 @@ def interrupted_then_resumed(run, out, config):
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmsolver++"])
 def test_strength_limits_in_the_sampler(sampler):
-    unet, scheduler = tiny_unet(), DDPMScheduler(num_train_timesteps=100)
+    unet, scheduler = tiny_unet(K), DDPMScheduler(num_train_timesteps=100)
     source = np.random.default_rng(1).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
     labels, seeds = [0, 1, 2], [7, 8, 9]
     kw = {"sampler": sampler, "steps": 4, "null_class": K, "guidance": 2.0}

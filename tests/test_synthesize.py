@@ -18,31 +18,35 @@ from capaug.augment.errors import CapaugError
 from capaug.augment.model_io import ModelInfo, save_diffusion_model
 from capaug.augment.split import prepare_split
 from capaug.augment.synthesize import MANIFEST_COLUMNS, image_seed, synthesize
+from conftest import LONG_TAIL, write_tree
 
-IMAGES_PER_CLASS = {"big": 12, "mid": 6, "rare": 4}
 FAST = {"steps": 2, "batch_size": 3}
+
+
+def tiny_unet(classes: int, sample_size: int = 16) -> UNet2DModel:
+    """A random two-level UNet (seed 0) for `classes` classes plus the null label."""
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=sample_size, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4, num_class_embeds=classes + 1,
+    ).eval()
+
+
+def make_run(root):
+    """RUN/split.json from a 16x16 long-tailed image folder, and RUN/diffusion/model/ with a random UNet."""
+    data, run = root / "data", root / "run"
+    write_tree(data, LONG_TAIL)
+    split = prepare_split(str(data), run, DataConfig())
+    info = ModelInfo(classes=split.classes, train_counts=split.counts(), split_hash=split.hash, image_size=16, channels=3)
+    save_diffusion_model(tiny_unet(len(split.classes)), DDPMScheduler(num_train_timesteps=100), info,
+                         run / "diffusion" / "model")
+    return run, split
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """RUN/split.json from a 16x16 image folder, and RUN/diffusion/model/ with a random UNet trained on it."""
-    root = tmp_path_factory.mktemp("synth")
-    data, run = root / "data", root / "run"
-    rng = np.random.default_rng(0)
-    for name, n in IMAGES_PER_CLASS.items():
-        (data / name).mkdir(parents=True)
-        for i in range(n):
-            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(data / name / f"{i}.png")
-    split = prepare_split(str(data), run, DataConfig())
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4, num_class_embeds=len(split.classes) + 1,
-    )
-    info = ModelInfo(classes=split.classes, train_counts=split.counts(), split_hash=split.hash, image_size=16, channels=3)
-    save_diffusion_model(unet, DDPMScheduler(num_train_timesteps=100), info, run / "diffusion" / "model")
-    return run, split
+    return make_run(tmp_path_factory.mktemp("synth"))
 
 
 def model(run):
